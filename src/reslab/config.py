@@ -1,0 +1,300 @@
+"""The typed run configuration: built in Python, loaded from YAML, overridden from the
+command line with ``section.key=value``, validated with a message naming the bad key,
+and saved with every run.
+
+Every field is read in one place; ``None`` in an ``augment`` field means "the dataset's
+default", resolved once by ``resolve`` and written resolved into the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ReslabError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"
+    shortcut: str = "A"  # CIFAR nets: "A" zero-padded identity (paper's CIFAR choice), "B" projection
+    pretrained: str | None = None  # a weights file or a torchvision weights name (IMAGENET1K_V2)
+    freeze: str = "none"  # "none" fine-tunes all, "backbone" trains the head only, or K: the last K stages
+    grad_checkpointing: bool = False  # recompute activations per block (very deep nets)
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # digits, cifar10, cifar100, mnist, fashion-mnist, kmnist
+    root: str = "data"  # where the dataset files are, or go when downloaded
+    download: bool = True  # fetch a missing dataset (needs the network)
+    val_size: float = 0.1  # held out of the training set: a fraction, or a count if >= 1
+    test_size: float = 0.2  # datasets without an official test split (digits): the held-out part
+    split_seed: int = 0  # the train/val/test split; fixed across training seeds so runs compare
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int | None = None  # pad-and-random-crop by this many pixels (paper: 4); 0 off
+    hflip: bool | None = None  # random horizontal flip (paper: on for CIFAR; off for digits)
+    rotation: float = 0.0  # random rotation, +/- degrees (report 000 used it)
+    scale: float = 0.0  # random zoom, +/- this fraction
+    normalize: bool = True  # per-channel mean/std of the training split
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd, adam, adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    backbone_lr: float | None = None  # transfer learning: a separate rate for the pretrained part
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "multistep"  # multistep, cosine, onecycle, constant
+    milestones: list[int] = field(default_factory=lambda: [32000, 48000])
+    unit: str = "iter"  # milestones counted in "iter" (the paper) or "epoch"
+    gamma: float = 0.1
+    warmup: str = "none"  # none, constant (paper's ResNet-110: lr 0.01 first), linear
+    warmup_iters: int = 0
+    warmup_lr: float = 0.01  # the constant warm-up's rate; the linear one starts here
+    min_lr: float = 0.0  # cosine floor
+
+
+@dataclass
+class TrainConfig:
+    epochs: int | None = None  # stop after this many epochs ...
+    max_iters: int | None = 64000  # ... or iterations (the paper: 64k); the first reached
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    label_smoothing: float = 0.0
+    seed: int = 0
+    deterministic: bool = False  # bitwise-repeatable kernels (slower on GPU)
+    device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
+    precision: str = "fp32"  # fp32, bf16 (autocast), fp16 (autocast + GradScaler, GPU)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+    threads: int | None = None  # CPU intra-op threads; None leaves PyTorch's default
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs"  # run folders go below this
+    name: str | None = None  # the run folder's name; default model-dataset-time
+    plots: bool = True
+    keep_last: int = 1  # epoch checkpoints kept besides best.pt
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        from .runfs import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+CHOICES = {
+    "model.shortcut": ("A", "B"),
+    "data.name": ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "kmnist"),
+    "optim.name": ("sgd", "adam", "adamw"),
+    "schedule.name": ("multistep", "cosine", "onecycle", "constant"),
+    "schedule.unit": ("iter", "epoch"),
+    "schedule.warmup": ("none", "constant", "linear"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+}
+
+
+# ---------------------------------------------------------------- building and overriding
+
+
+def from_dict(data: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
+    """A config from nested ``{section: {key: value}}``; unknown keys are refused by name."""
+    config = base or RunConfig()
+    if not isinstance(data, dict):
+        raise ReslabError("a config must be a mapping of sections (model:, data:, train:, ...)")
+    for section_name, values in data.items():
+        section = _section(config, section_name)
+        if not isinstance(values, dict):
+            raise ReslabError(f"config section {section_name!r} must be a mapping of keys to values")
+        for key, value in values.items():
+            _set(section, section_name, key, value)
+    return config
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``section.key=value`` strings; values are parsed as YAML (``[1, 2]``, ``null``, ``1e-3``)."""
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        if not sep or "." not in path:
+            raise ReslabError(f"override {item!r} is not of the form section.key=value (e.g. train.epochs=10)")
+        section_name, key = path.strip().split(".", 1)
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        _set(_section(config, section_name), section_name, key, value)
+    return config
+
+
+def load(source: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (a path, or the name of a shipped recipe), apply overrides, validate."""
+    config = RunConfig()
+    if source is not None:
+        config = from_dict(_read_yaml(source), config)
+    config = apply_overrides(config, overrides or [])
+    validate(config)
+    return config
+
+
+def recipe_names() -> list[str]:
+    folder = resources.files("reslab") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(source: str | Path) -> dict[str, Any]:
+    path = Path(source)
+    if not path.exists() and not str(source).endswith((".yaml", ".yml")):
+        recipe = resources.files("reslab") / "recipes" / f"{source}.yaml"
+        if recipe.is_file():
+            return yaml.safe_load(recipe.read_text()) or {}
+        close = difflib.get_close_matches(str(source), recipe_names(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else f"; recipes: {', '.join(recipe_names())}"
+        raise ReslabError(f"config {str(source)!r} is neither a file nor a shipped recipe{hint}")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ReslabError(f"config file {path} does not exist") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ReslabError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def _section(config: RunConfig, name: str):
+    names = [f.name for f in dataclasses.fields(config)]
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; sections: {', '.join(names)}"
+        raise ReslabError(f"unknown config section {name!r}{hint}")
+    return getattr(config, name)
+
+
+def _set(section, section_name: str, key: str, value: Any) -> None:
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if key not in fields:
+        close = difflib.get_close_matches(key, list(fields), n=1)
+        hint = f" (did you mean '{section_name}.{close[0]}'?)" if close else ""
+        raise ReslabError(f"unknown config key '{section_name}.{key}'{hint}")
+    hint = typing.get_type_hints(type(section))[key]
+    setattr(section, key, _coerce(value, hint, f"{section_name}.{key}"))
+
+
+def _coerce(value: Any, hint, name: str) -> Any:
+    """Check ``value`` against a field's type, accepting ints for floats and digits for ints."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise ReslabError(f"config key '{name}' may not be empty")
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(v, args[0], name) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+    type_name = getattr(hint, "__name__", str(hint))
+    raise ReslabError(f"config key '{name}' must be {type_name}, got {value!r}")
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validate(config: RunConfig) -> RunConfig:
+    for path, allowed in CHOICES.items():
+        section, key = path.split(".")
+        value = getattr(getattr(config, section), key)
+        if value not in allowed:
+            raise ReslabError(f"config key '{path}' must be one of {', '.join(allowed)}, got {value!r}")
+    checks = [
+        ("optim.lr", config.optim.lr > 0, "must be positive"),
+        ("optim.weight_decay", config.optim.weight_decay >= 0, "must not be negative"),
+        ("optim.momentum", 0 <= config.optim.momentum < 1, "must be in [0, 1)"),
+        ("optim.betas", len(config.optim.betas) == 2 and all(0 <= b < 1 for b in config.optim.betas),
+         "must be two numbers in [0, 1)"),
+        ("optim.backbone_lr", config.optim.backbone_lr is None or config.optim.backbone_lr >= 0,
+         "must not be negative"),
+        ("train.batch_size", config.train.batch_size >= 1, "must be at least 1"),
+        ("train.eval_batch_size", config.train.eval_batch_size >= 1, "must be at least 1"),
+        ("train.epochs", config.train.epochs is None or config.train.epochs >= 1, "must be at least 1"),
+        ("train.max_iters", config.train.max_iters is None or config.train.max_iters >= 1, "must be at least 1"),
+        ("train.epochs", config.train.epochs is not None or config.train.max_iters is not None,
+         "or train.max_iters must be set"),
+        ("train.label_smoothing", 0 <= config.train.label_smoothing < 1, "must be in [0, 1)"),
+        ("train.threads", config.train.threads is None or config.train.threads >= 1, "must be at least 1"),
+        ("data.val_size", config.data.val_size >= 0, "must not be negative"),
+        ("data.test_size", config.data.test_size > 0, "must be positive"),
+        ("augment.crop_padding", config.augment.crop_padding is None or config.augment.crop_padding >= 0,
+         "must not be negative"),
+        ("augment.rotation", 0 <= config.augment.rotation <= 180, "must be in [0, 180] degrees"),
+        ("augment.scale", 0 <= config.augment.scale < 1, "must be in [0, 1)"),
+        ("schedule.gamma", 0 < config.schedule.gamma <= 1, "must be in (0, 1]"),
+        ("schedule.warmup_iters", config.schedule.warmup_iters >= 0, "must not be negative"),
+        ("schedule.warmup_lr", config.schedule.warmup_lr > 0, "must be positive"),
+        ("schedule.milestones", list(config.schedule.milestones) == sorted(config.schedule.milestones),
+         "must be increasing"),
+        ("output.keep_last", config.output.keep_last >= 1, "must be at least 1"),
+    ]
+    for name, ok, message in checks:
+        if not ok:
+            section, key = name.split(".")
+            raise ReslabError(f"config key '{name}' {message}, got {getattr(getattr(config, section), key)!r}")
+    freeze = config.model.freeze
+    if freeze not in ("none", "backbone") and not (freeze.isdigit() and int(freeze) >= 0):
+        raise ReslabError(f"config key 'model.freeze' must be none, backbone or a number of stages, got {freeze!r}")
+    if config.train.precision == "fp16" and config.train.device == "cpu":
+        raise ReslabError("config key 'train.precision' fp16 needs a GPU; use bf16 on the CPU")
+    if config.output.name is not None and ("/" in config.output.name or config.output.name in ("", ".", "..")):
+        raise ReslabError(f"config key 'output.name' must be a plain folder name, got {config.output.name!r}")
+    return config

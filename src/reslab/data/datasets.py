@@ -1,0 +1,48 @@
+"""One entry point from a ``DataConfig`` to train / validation / test splits.
+
+The validation split is held out of the training set (the paper's 45k/5k) with
+``data.split_seed``, so it is the same for every training seed; the test set is the
+dataset's official one (digits, which has none, holds one out the same way) and is
+never used to choose anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import DataConfig
+from ..errors import ReslabError
+from .arrays import DatasetSplits, channel_stats, hold_out
+from .cifar import read_cifar
+from .digits import read_digits
+from .idx import read_idx_dataset
+
+# Augmentation a dataset gets when the config leaves it to the dataset (None):
+# the paper's pad-4 crop and flip for CIFAR; digits and letters must not be mirrored.
+DEFAULT_AUGMENT = {
+    "digits": {"crop_padding": 1, "hflip": False},
+    "cifar10": {"crop_padding": 4, "hflip": True},
+    "cifar100": {"crop_padding": 4, "hflip": True},
+    "mnist": {"crop_padding": 2, "hflip": False},
+    "fashion-mnist": {"crop_padding": 2, "hflip": False},
+    "kmnist": {"crop_padding": 2, "hflip": False},
+}
+
+
+def load_splits(config: DataConfig) -> DatasetSplits:
+    root = Path(config.root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ReslabError(f"data.root {root} is a file, not a folder")
+    if config.name == "digits":
+        full, classes = read_digits()
+        train, test = hold_out(full, config.test_size, config.split_seed, "data.test_size")
+        source = "sklearn.datasets.load_digits"
+    elif config.name in ("cifar10", "cifar100"):
+        train, test, classes, source = read_cifar(root, config.name, config.download)
+    else:
+        train, test, classes, source = read_idx_dataset(root, config.name, config.download)
+    if test is None or len(test) == 0:
+        raise ReslabError(f"{config.name}: the test split is empty")
+    train, val = hold_out(train, config.val_size, config.split_seed, "data.val_size")
+    mean, std = channel_stats(train.images)
+    return DatasetSplits(config.name, classes, train, val, test, mean, std, source)

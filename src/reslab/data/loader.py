@@ -1,0 +1,162 @@
+"""The device-resident loader for small-image datasets (after airbench): the whole uint8
+dataset is copied to the training device once and each batch is gathered, augmented
+and normalised there with a few tensor ops; no per-image Python, no worker processes.
+
+Randomness (the shuffle and every augmentation draw) comes from a CPU generator seeded
+by (seed, epoch), so an epoch is the same on every device and after a resume, and the
+draws are made for the global batch before it is split among processes: two processes
+with 64 images each see exactly the images and crops one process with 128 would.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+from .arrays import ArrayDataset
+
+
+class BatchAugment:
+    """Pad-and-crop, horizontal flip, rotation and scale, drawn per image, applied per batch.
+
+    Crop and flip act on uint8 pixels exactly like torchvision's RandomCrop(padding=p,
+    fill=0) and RandomHorizontalFlip; rotation and scale resample bilinearly with zero fill.
+    """
+
+    def __init__(self, crop_padding: int = 0, hflip: bool = False, rotation: float = 0.0, scale: float = 0.0):
+        self.crop_padding = crop_padding
+        self.hflip = hflip
+        self.rotation = rotation
+        self.scale = scale
+
+    @property
+    def active(self) -> bool:
+        return bool(self.crop_padding or self.hflip or self.rotation or self.scale)
+
+    def draw(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The random parameters of one batch, always drawn in the same order."""
+        params = {}
+        if self.crop_padding:
+            offsets = torch.randint(0, 2 * self.crop_padding + 1, (batch_size, 2), generator=generator)
+            params["crop"] = offsets
+        if self.hflip:
+            params["flip"] = torch.rand(batch_size, generator=generator) < 0.5
+        if self.rotation or self.scale:
+            angles = (torch.rand(batch_size, generator=generator) * 2 - 1) * math.radians(self.rotation)
+            scales = 1 + (torch.rand(batch_size, generator=generator) * 2 - 1) * self.scale
+            params["affine"] = torch.stack([angles, scales], 1)
+        return params
+
+    def apply_uint8(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Crop and flip, on uint8 (before normalisation, so padding is black as in torchvision)."""
+        if "crop" in params:
+            pad = self.crop_padding
+            batch, _, height, width = images.shape
+            padded = F.pad(images, (pad, pad, pad, pad))
+            offsets = params["crop"].to(images.device)
+            rows = (offsets[:, 0:1] + torch.arange(height, device=images.device))[:, None, :, None]
+            cols = (offsets[:, 1:2] + torch.arange(width, device=images.device))[:, None, None, :]
+            batch_index = torch.arange(batch, device=images.device)[:, None, None, None]
+            channel_index = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+            images = padded[batch_index, channel_index, rows, cols]
+        if "flip" in params:
+            flip = params["flip"].to(images.device)[:, None, None, None]
+            images = torch.where(flip, images.flip(3), images)
+        return images
+
+    def apply_float(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Rotation and scale about the centre, on float pixels in 0..255 (zero fill)."""
+        if "affine" not in params:
+            return images
+        angles, scales = params["affine"].to(images.device, images.dtype).unbind(1)
+        cos, sin = torch.cos(angles) / scales, torch.sin(angles) / scales
+        zeros = torch.zeros_like(cos)
+        theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # Distinct, reproducible streams per (seed, epoch); 1_000_003 is prime.
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+class DeviceLoader:
+    """Batches of normalised float images and their labels, on ``device``.
+
+    ``batch_size`` is the global batch; with ``world_size`` processes each gets its
+    ``rank``-th share. Training loaders shuffle and drop the last partial batch (so a
+    batch never holds a single image, which batch norm cannot train on); evaluation
+    loaders keep order and every image.
+    """
+
+    def __init__(
+        self,
+        data: ArrayDataset,
+        batch_size: int,
+        device: torch.device,
+        mean: list[float],
+        std: list[float],
+        *,
+        train: bool,
+        augment: BatchAugment | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
+    ):
+        self.device = torch.device(device)
+        self.images = data.images.to(self.device)
+        self.labels = data.labels.to(self.device)
+        self.batch_size = batch_size
+        self.train = train
+        self.augment = augment if (augment is not None and augment.active and train) else None
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.channels_last = channels_last
+        self.epoch = 0
+        channels = self.images.shape[1]
+        self.offset = torch.tensor(mean, device=self.device).mul(255).view(1, channels, 1, 1)
+        self.scale = torch.tensor(std, device=self.device).mul(255).reciprocal().view(1, channels, 1, 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        count = len(self.labels)
+        return count // self.batch_size if self.train else math.ceil(count / self.batch_size)
+
+    def batch_indices(self) -> list[tuple[torch.Tensor, dict]]:
+        """Per batch: this rank's indices and its share of the augmentation parameters."""
+        count = len(self.labels)
+        generator = epoch_generator(self.seed, self.epoch)
+        order = torch.randperm(count, generator=generator) if self.train else torch.arange(count)
+        batches = []
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            params = self.augment.draw(len(index), generator) if self.augment else {}
+            share = _rank_slice(len(index), self.rank, self.world_size)
+            batches.append((index[share], {k: v[share] for k, v in params.items()}))
+        return batches
+
+    def __iter__(self):
+        for index, params in self.batch_indices():
+            index = index.to(self.device, non_blocking=True)
+            images = self.images[index]
+            if params:
+                images = self.augment.apply_uint8(images, params)
+            images = images.float()
+            if params:
+                images = self.augment.apply_float(images, params)
+            images = images.sub_(self.offset).mul_(self.scale)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images, self.labels[index]
+
+
+def _rank_slice(size: int, rank: int, world_size: int) -> slice:
+    per_rank = math.ceil(size / world_size)
+    return slice(rank * per_rank, min(size, (rank + 1) * per_rank))

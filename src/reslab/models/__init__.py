@@ -1,0 +1,7 @@
+"""reslab's networks: importing this package registers every family."""
+
+from . import cifar  # noqa: F401  (registers the CIFAR nets)
+from .base import ResLabModel, StagedModel
+from .registry import create_model, describe_model, list_models, register_model
+
+__all__ = ["ResLabModel", "StagedModel", "create_model", "describe_model", "list_models", "register_model"]

@@ -1,0 +1,163 @@
+"""CIFAR ResNets of depth 6n+2 and their plain twins (He et al. 2016, §4.2).
+
+A 3x3 conv with 16 filters, three stages of n basic blocks with 16/32/64 filters on
+32/16/8 maps (stride 2 at the first block of stages 2 and 3), global average pooling
+and a linear classifier. The plain twin is the same net with every shortcut removed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ReslabError
+from .base import StagedModel, init_he
+from .registry import register_model, register_pattern
+
+SHORTCUTS = ("A", "B")
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+
+
+class PadShortcut(nn.Module):
+    """Option A (§4.2): identity, subsampled by striding, with zero channels padded on.
+
+    The zeros go half before and half after the input channels, as in the common PyTorch
+    reproduction (akamaster/pytorch_resnet_cifar10), so its checkpoints give the same logits.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.pad_before = (out_planes - in_planes) // 2
+        self.pad_after = out_planes - in_planes - self.pad_before
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad_before, self.pad_after))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BN; ``shortcut`` is "A", "B" or None (the plain twin's block)."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "A"):
+        super().__init__()
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.residual = shortcut is not None
+        self.downsample: nn.Module | None = None
+        if self.residual and (stride != 1 or in_planes != planes):
+            if shortcut == "A":
+                self.downsample = PadShortcut(in_planes, planes, stride)
+            else:  # option B: projection only where the shape changes
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+                )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu(out)
+        out = self.conv2(out)
+        out = self.bn2(out)
+        if self.residual:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = out + identity
+        return self.relu(out)
+
+
+class CifarResNet(StagedModel):
+    """ResNet (or, with ``residual=False``, plain net) of depth 6n+2 for small images."""
+
+    stage_names = ("layer1", "layer2", "layer3")
+
+    def __init__(
+        self,
+        depth: int,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        shortcut: str = "A",
+        residual: bool = True,
+    ):
+        super().__init__()
+        check_cifar_depth(depth)
+        if shortcut not in SHORTCUTS:
+            raise ReslabError(f"shortcut must be one of {', '.join(SHORTCUTS)}, got {shortcut!r}")
+        blocks_per_stage = (depth - 2) // 6
+        self.depth = depth
+        self.num_classes = num_classes
+        self.num_features = 64
+        self.in_planes = 16
+        block_shortcut = shortcut if residual else None
+        self.conv1 = conv3x3(in_channels, 16)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(16, blocks_per_stage, 1, block_shortcut)
+        self.layer2 = self._make_layer(32, blocks_per_stage, 2, block_shortcut)
+        self.layer3 = self._make_layer(64, blocks_per_stage, 2, block_shortcut)
+        self.fc = nn.Linear(64, num_classes)
+        init_he(self)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int, shortcut: str | None) -> nn.Sequential:
+        layers = []
+        for i in range(blocks):
+            layers.append(BasicBlock(self.in_planes, planes, stride if i == 0 else 1, shortcut))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        x = self.bn1(x)
+        return self.relu(x)
+
+
+def check_cifar_depth(depth: int) -> None:
+    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ReslabError(
+            f"invalid depth {depth} for a CIFAR ResNet: the depth must be 6n+2 "
+            "(8, 14, 20, 26, 32, 44, 56, 110, 1202, ...)"
+        )
+
+
+def cifar_resnet(depth: int, num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -> CifarResNet:
+    """A CIFAR ResNet of any depth 6n+2."""
+    return CifarResNet(depth, num_classes, in_channels, shortcut=shortcut, residual=True)
+
+
+def cifar_plain(depth: int, num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -> CifarResNet:
+    """The plain twin (no shortcuts) of a CIFAR ResNet of depth 6n+2; ``shortcut`` is ignored."""
+    return CifarResNet(depth, num_classes, in_channels, shortcut=shortcut, residual=False)
+
+
+def _register(depth: int, plain: bool) -> None:
+    kind = "plain" if plain else "resnet"
+    builder = cifar_plain if plain else cifar_resnet
+    what = "plain net (no shortcuts)" if plain else "ResNet"
+
+    def build(num_classes: int = 10, in_channels: int = 3, shortcut: str = "A"):
+        return builder(depth, num_classes, in_channels, shortcut)
+
+    register_model(f"{kind}{depth}", f"CIFAR {what}, depth {depth} = 6*{(depth - 2) // 6}+2")(build)
+
+
+for _depth in (20, 32, 44, 56, 110, 1202):
+    _register(_depth, plain=False)
+for _depth in (20, 32, 44, 56, 110):
+    _register(_depth, plain=True)
+
+
+def _any_depth(match, num_classes: int = 10, in_channels: int = 3, shortcut: str = "A"):
+    builder = cifar_plain if match.group(1) == "plain" else cifar_resnet
+    return builder(int(match.group(2)), num_classes, in_channels, shortcut)
+
+
+register_pattern(r"(resnet|plain)(\d+)", _any_depth)

@@ -1,0 +1,31 @@
+"""Plain-text tables for the terminal."""
+
+from __future__ import annotations
+
+
+def metrics_table(metrics: dict) -> str:
+    """A run's (or an evaluation's) headline figures and its per-class table."""
+    result = metrics.get("test", metrics)
+    lines = []
+    if "model" in metrics:
+        lines.append(f"{metrics['model']} on {metrics['dataset']}"
+                     + (f" ({metrics['split']} split)" if "split" in metrics else " (test split)"))
+    rows = [("accuracy", result["accuracy"]), ("error", result["error"])]
+    if "top5_accuracy" in result:
+        rows.append(("top-5 accuracy", result["top5_accuracy"]))
+    rows += [("loss", result["loss"]),
+             ("precision (macro)", result["macro_precision"]), ("recall (macro)", result["macro_recall"]),
+             ("F1 (macro)", result["macro_f1"]), ("F1 (weighted)", result["weighted_f1"])]
+    for name, value in rows:
+        lines.append(f"  {name:<18} {value:.4f}")
+    for key, name in (("parameters", "parameters"), ("train_seconds", "train time (s)"),
+                      ("images_per_second", "images/s"), ("best_epoch", "best epoch")):
+        if key in metrics:
+            value = metrics[key]
+            lines.append(f"  {name:<18} {value:,.0f}" if isinstance(value, float) else f"  {name:<18} {value:,}")
+    lines.append("")
+    lines.append(f"  {'class':<16} {'precision':>9} {'recall':>9} {'F1':>9} {'support':>8}")
+    for row in result["per_class"]:
+        lines.append(f"  {row['class'][:16]:<16} {row['precision']:>9.4f} {row['recall']:>9.4f} {row['f1']:>9.4f} "
+                     f"{row['support']:>8}")
+    return "\n".join(lines)

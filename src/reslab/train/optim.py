@@ -1,0 +1,62 @@
+"""Optimizers and learning-rate schedules from the config.
+
+Every schedule is stepped once per iteration, so the paper's "divide by 10 at 32k and
+48k iterations" and "at epochs 100 and 150" are the same mechanism with milestones in
+different units.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import OptimConfig, ScheduleConfig
+
+
+def build_optimizer(params, config: OptimConfig) -> torch.optim.Optimizer:
+    """``params`` is a model's parameters or a list of parameter groups (transfer learning)."""
+    if config.name == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                               weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
+    return optimizer(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def lr_factor(config: ScheduleConfig, step: int, steps_per_epoch: int, total_steps: int, base_lr: float) -> float:
+    """The multiple of the base rate at iteration ``step`` (0-based), warm-up included."""
+    if config.warmup != "none" and step < config.warmup_iters:
+        start = config.warmup_lr / base_lr
+        if config.warmup == "constant":  # He et al. §4.2: 0.01 until training gets going, then 0.1
+            return start
+        return start + (1 - start) * step / config.warmup_iters
+    if config.name == "constant":
+        return 1.0
+    if config.name == "multistep":
+        scale = steps_per_epoch if config.unit == "epoch" else 1
+        passed = sum(step >= m * scale for m in config.milestones)
+        return config.gamma**passed
+    # cosine, after the warm-up, down to min_lr at the last step
+    begin = config.warmup_iters if config.warmup != "none" else 0
+    progress = min(1.0, (step - begin) / max(1, total_steps - begin))
+    floor = config.min_lr / base_lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: ScheduleConfig, steps_per_epoch: int, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if config.name == "onecycle":
+        # Smith & Topin 2019, torch's implementation (it also cycles momentum).
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total_steps
+        )
+    base_lr = optimizer.param_groups[0]["lr"]
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(config, step, steps_per_epoch, total_steps, base_lr)
+    )

@@ -1,0 +1,165 @@
+"""The command line end to end, in real subprocesses: one clear line and exit 2 for
+every bad input, never a traceback, never a lost run folder."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_cifar_archive
+
+
+def run(*args, cwd=None, check=False):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    process = subprocess.run([sys.executable, "-m", "reslab", *args], capture_output=True, text=True, cwd=cwd,
+                             env=env, timeout=600)
+    if check:
+        assert process.returncode == 0, process.stderr
+    return process
+
+
+def assert_clean_error(process, *fragments):
+    assert process.returncode == 2, (process.stdout, process.stderr)
+    assert "Traceback" not in process.stderr
+    lines = [line for line in process.stderr.splitlines() if line.startswith("reslab: error:")]
+    assert len(lines) == 1, process.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli")
+    run("train", "--config", "demo-digits", "--model", "resnet8", "--epochs", "2", "--out", str(out),
+        "--name", "digits8", "--no-progress", check=True)
+    return out / "digits8"
+
+
+def test_train_prints_metrics_and_writes_the_run(trained_run):
+    assert (trained_run / "metrics.json").is_file()
+    assert json.loads((trained_run / "metrics.json").read_text())["model"] == "resnet8"
+
+
+def test_evaluate_reproduces_the_runs_test_metrics(trained_run, tmp_path):
+    out = tmp_path / "eval.json"
+    process = run("evaluate", str(trained_run), "--output", str(out), check=True)
+    assert "accuracy" in process.stdout
+    evaluated = json.loads(out.read_text())["test"]
+    recorded = json.loads((trained_run / "metrics.json").read_text())["test"]
+    assert evaluated["accuracy"] == recorded["accuracy"]
+    assert evaluated["confusion_matrix"] == recorded["confusion_matrix"]
+
+
+def test_evaluate_refuses_a_checkpoint_of_another_model(trained_run):
+    assert_clean_error(run("evaluate", str(trained_run), "--model", "resnet20"), "checkpoint of resnet8, not resnet20")
+
+
+def test_evaluate_on_a_dataset_of_another_shape(trained_run, tmp_path):
+    write_cifar_archive(tmp_path / "cifar-10-python.tar.gz")
+    assert_clean_error(run("evaluate", str(trained_run), "--data", "cifar10", "--data-root", str(tmp_path)),
+                       "1-channel", "3-channel")
+
+
+def test_resume_continues_from_the_cli(trained_run):
+    process = run("train", "--resume", str(trained_run), "--no-progress", check=True)
+    assert "run folder" in process.stdout
+
+
+def test_summary_shows_counts_and_macs():
+    process = run("summary", "resnet56", check=True)
+    assert "853,018" in process.stdout and "MACs per image" in process.stdout
+
+
+def test_models_lists_the_registry():
+    process = run("models", "plain", check=True)
+    assert "plain110" in process.stdout and "resnet20" not in process.stdout
+
+
+def test_train_on_cifar_archive(tmp_path):
+    write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", train_per_batch=40)
+    run("train", "--config", "paper-cifar10-resnet20", "--data-root", str(tmp_path), "--epochs", "1",
+        "data.val_size=50", "train.batch_size=50", "--out", str(tmp_path / "runs"), "--name", "c",
+        "--no-progress", check=True)
+    metrics = json.loads((tmp_path / "runs" / "c" / "metrics.json").read_text())
+    assert metrics["test"]["samples"] == 30 and len(metrics["test"]["per_class"]) == 10
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["train", "--model", "resnet21"], ["invalid depth 21", "6n+2"]),
+    (["train", "--model", "resnet9000x"], ["unknown model 'resnet9000x'"]),
+    (["train", "train.epoch=3"], ["unknown config key 'train.epoch'", "train.epochs"]),
+    (["train", "optim.lr=fast"], ["'optim.lr' must be float"]),
+    (["train", "--config", "no-such-recipe"], ["neither a file nor a shipped recipe"]),
+    (["evaluate", "/nonexistent/best.pt"], ["does not exist"]),
+    (["summary", "resnet20", "--input-size", "3,32"], ["C,H,W"]),
+])
+def test_bad_input_gives_one_line(args, fragments):
+    assert_clean_error(run(*args), *fragments)
+
+
+def test_missing_or_empty_data_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for root in (tmp_path / "empty", tmp_path / "missing"):
+        process = run("train", "--data", "cifar10", "--data-root", str(root), "data.download=false")
+        assert_clean_error(process, "CIFAR-10 not found", "cifar-10-python.tar.gz")
+    process = run("train", "--data", "mnist", "--data-root", str(tmp_path / "empty"), "data.download=false")
+    assert_clean_error(process, "mnist not found", "train-images-idx3-ubyte")
+
+
+def test_corrupt_archive(tmp_path):
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(os.urandom(1000))
+    assert_clean_error(run("train", "--data", "cifar10", "--data-root", str(tmp_path)),
+                       "not a readable CIFAR-10 archive")
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert_clean_error(run("train", "--out", str(blocker / "runs"), "--epochs", "1"), "cannot create output folder")
+
+
+def test_truncated_and_foreign_checkpoints(tmp_path, trained_run):
+    best = (trained_run / "checkpoints" / "best.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(best[: len(best) // 2])
+    assert_clean_error(run("evaluate", str(tmp_path / "cut.pt")), "not a readable checkpoint")
+    import torch
+
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    assert_clean_error(run("evaluate", str(tmp_path / "other.pt")), "not a reslab checkpoint")
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    import torch
+
+    torch.save({"model": Payload(), "meta": {}}, tmp_path / "evil.pt", pickle_module=pickle)
+    assert_clean_error(run("evaluate", str(tmp_path / "evil.pt")), "refusing to load")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_existing_run_folder_is_kept(trained_run):
+    before = (trained_run / "metrics.json").read_bytes()
+    process = run("train", "--config", "demo-digits", "--model", "resnet8", "--epochs", "1",
+                  "--out", str(trained_run.parent), "--name", trained_run.name)
+    assert_clean_error(process, "already exists", "--resume")
+    assert (trained_run / "metrics.json").read_bytes() == before
+
+
+def test_demo_end_to_end(tmp_path):
+    process = run("demo", "--out", str(tmp_path), "--epochs", "2", "--no-progress", check=True)
+    assert "| resnet20 |" in process.stdout and "| plain20 |" in process.stdout
+    (folder,) = Path(tmp_path).glob("demo-*")
+    rows = json.loads((folder / "comparison.json").read_text())
+    for row in rows:
+        metrics = json.loads((folder / row["model"] / "metrics.json").read_text())
+        assert row["accuracy"] == metrics["test"]["accuracy"]
+        assert row["error"] == pytest.approx(100 * (1 - row["accuracy"]))
+    assert (folder / "error_curves.png").stat().st_size > 10_000

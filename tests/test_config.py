@@ -1,0 +1,84 @@
+"""The typed config: YAML, overrides, validation, recipes."""
+
+import pytest
+import yaml
+
+from reslab import ReslabError
+from reslab.config import RunConfig, apply_overrides, from_dict, load, recipe_names, validate
+
+
+def test_defaults_are_the_papers_cifar_recipe():
+    config = RunConfig()
+    assert (config.optim.lr, config.optim.momentum, config.optim.weight_decay) == (0.1, 0.9, 1e-4)
+    assert config.schedule.milestones == [32000, 48000] and config.train.max_iters == 64000
+    assert config.train.batch_size == 128
+
+
+def test_built_in_python_and_from_yaml_agree(tmp_path):
+    config = RunConfig()
+    config.model.name = "resnet56"
+    config.train.epochs = 3
+    path = tmp_path / "c.yaml"
+    config.save(path)
+    assert load(path).to_dict() == config.to_dict()
+
+
+def test_overrides_parse_values_as_yaml():
+    config = apply_overrides(RunConfig(), ["train.epochs=5", "schedule.milestones=[10, 20]", "optim.lr=1e-3",
+                                           "train.max_iters=null", "model.name=plain20"])
+    assert config.train.epochs == 5 and config.schedule.milestones == [10, 20]
+    assert config.optim.lr == 0.001 and config.train.max_iters is None and config.model.name == "plain20"
+
+
+def test_unknown_keys_are_refused_by_name_with_a_suggestion():
+    with pytest.raises(ReslabError, match=r"unknown config key 'train.epoch' \(did you mean 'train.epochs'\?\)"):
+        apply_overrides(RunConfig(), ["train.epoch=3"])
+    with pytest.raises(ReslabError, match="unknown config section 'trian'"):
+        from_dict({"trian": {"epochs": 3}})
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epochs=abc", "'train.epochs' must be int"),
+    ("train.batch_size=0", "'train.batch_size' must be at least 1"),
+    ("optim.lr=-1", "'optim.lr' must be positive"),
+    ("optim.name=rmsprop", "'optim.name' must be one of sgd, adam, adamw"),
+    ("schedule.milestones=[20, 10]", "'schedule.milestones' must be increasing"),
+    ("train.precision=fp8", "'train.precision' must be one of"),
+    ("data.name=imagenet22k", "'data.name' must be one of"),
+    ("model.shortcut=C", "'model.shortcut' must be one of A, B"),
+    ("output.name=../x", "'output.name' must be a plain folder name"),
+    ("train", "not of the form section.key=value"),
+])
+def test_bad_values_are_refused_with_the_key(override, message):
+    with pytest.raises(ReslabError, match=message.replace("[", r"\[")):
+        validate(apply_overrides(RunConfig(), [override]))
+
+
+def test_every_shipped_recipe_loads_and_validates():
+    names = recipe_names()
+    assert "demo-digits" in names and "paper-cifar10-resnet110" in names and "paper-cifar10-plain56" in names
+    for name in names:
+        load(name)
+
+
+def test_paper_recipe_for_resnet110_warms_up_at_001():
+    config = load("paper-cifar10-resnet110")
+    assert config.schedule.warmup == "constant" and config.schedule.warmup_lr == 0.01
+    assert config.data.val_size == 5000 and config.augment.crop_padding == 4
+
+
+def test_unknown_recipe_and_bad_yaml(tmp_path):
+    with pytest.raises(ReslabError, match="neither a file nor a shipped recipe"):
+        load("paper-cifar10-resnet21")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed")
+    with pytest.raises(ReslabError, match="not valid YAML"):
+        load(bad)
+    with pytest.raises(ReslabError, match="does not exist"):
+        load(tmp_path / "missing.yaml")
+
+
+def test_saved_config_is_plain_yaml(tmp_path):
+    RunConfig().save(tmp_path / "c.yaml")
+    data = yaml.safe_load((tmp_path / "c.yaml").read_text())
+    assert data["model"]["name"] == "resnet20" and data["optim"]["betas"] == [0.9, 0.999]

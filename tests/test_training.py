@@ -1,0 +1,130 @@
+"""The training loop end to end on the embedded digits."""
+
+import json
+
+import pytest
+import torch
+
+import reslab.train.loop as loop
+from conftest import quick_config
+from reslab import ReslabError
+from reslab.config import load
+from reslab.train.checkpoint import epoch_checkpoints, load_checkpoint
+from reslab.train.loop import load_run_config, train
+
+
+def test_resnet20_reaches_95_percent_on_digits(tmp_path):
+    config = load("demo-digits", [f"output.dir={tmp_path}", "train.epochs=15", "train.seed=1"])
+    result = train(config, progress=False)
+    test = result.metrics["test"]
+    assert test["accuracy"] >= 0.95
+    assert test["error"] == pytest.approx(1 - test["accuracy"])
+    assert result.metrics["selected_on"] == "validation"
+    assert result.metrics["parameters"] == 269_434  # 1 input channel: 16*9 fewer conv1 weights than 269,722
+
+
+def test_run_folder_holds_everything(tmp_path):
+    result = train(quick_config(tmp_path), progress=False)
+    folder = result.run_dir
+    for name in ("config.yaml", "environment.json", "dataset.json", "history.csv", "metrics.json",
+                 "curves.png", "confusion_matrix.png", "checkpoints/best.pt"):
+        assert (folder / name).is_file() and (folder / name).stat().st_size > 0, name
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert sum(sum(row) for row in metrics["test"]["confusion_matrix"]) == metrics["test"]["samples"] == 359
+    dataset = json.loads((folder / "dataset.json").read_text())
+    assert dataset["sizes"] == {"train": 1294, "val": 144, "test": 359}
+    assert len(dataset["mean"]) == 1 and 0 < dataset["mean"][0] < 1
+    environment = json.loads((folder / "environment.json").read_text())
+    assert environment["torch"] == torch.__version__ and environment["device"] == "cpu"
+    header = (folder / "history.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,step,lr,train_loss,train_accuracy,val_loss")
+    assert len((folder / "history.csv").read_text().splitlines()) == 3
+
+
+def test_checkpoints_load_safely_and_carry_what_resume_needs(tmp_path):
+    result = train(quick_config(tmp_path, "output.keep_last=1"), progress=False)
+    kept = epoch_checkpoints(result.run_dir)
+    assert [p.name for p in kept] == ["epoch-0002.pt"]
+    state = load_checkpoint(kept[0])
+    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "best", "rng", "meta", "history"):
+        assert key in state
+    assert state["meta"]["classes"] == [str(i) for i in range(10)]
+
+
+def _final_weights(run_dir):
+    return load_checkpoint(epoch_checkpoints(run_dir)[-1])["model"]
+
+
+def test_resume_after_a_crash_gives_the_same_result(tmp_path, monkeypatch):
+    overrides = ("train.epochs=3", "train.deterministic=true", "augment.rotation=10")
+    whole = train(quick_config(tmp_path, *overrides, "output.name=whole"), progress=False)
+
+    # Crash right after the second epoch's checkpoint is written.
+    real = loop._write_history
+
+    def crash_after_two(path, history):
+        real(path, history)
+        if len(history) == 2:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(loop, "_write_history", crash_after_two)
+    with pytest.raises(RuntimeError):
+        train(quick_config(tmp_path, *overrides, "output.name=crashed"), progress=False)
+    monkeypatch.setattr(loop, "_write_history", real)
+    crashed = tmp_path / "runs" / "crashed"
+    assert not (crashed / "metrics.json").exists()
+
+    resumed = train(load_run_config(crashed), resume=crashed, progress=False)
+    for key, value in _final_weights(whole.run_dir).items():
+        assert torch.equal(value, _final_weights(resumed.run_dir)[key]), key
+    assert resumed.metrics["test"]["accuracy"] == whole.metrics["test"]["accuracy"]
+    assert [row["train_loss"] for row in resumed.history] == pytest.approx([row["train_loss"] for row in whole.history])
+
+
+def test_resuming_a_finished_run_trains_nothing(tmp_path):
+    first = train(quick_config(tmp_path), progress=False)
+    again = train(load_run_config(first.run_dir), resume=first.run_dir, progress=False)
+    assert again.metrics == first.metrics
+
+
+def test_resume_refuses_another_model(tmp_path):
+    first = train(quick_config(tmp_path), progress=False)
+    (first.run_dir / "metrics.json").unlink()
+    config = load_run_config(first.run_dir, ["model.name=resnet14"])
+    with pytest.raises(ReslabError, match="trained with model.name=resnet8, not resnet14"):
+        train(config, resume=first.run_dir, progress=False)
+
+
+def test_an_existing_run_folder_is_never_overwritten(tmp_path):
+    first = train(quick_config(tmp_path, "output.name=mine"), progress=False)
+    before = (first.run_dir / "metrics.json").read_bytes()
+    with pytest.raises(ReslabError, match="already exists"):
+        train(quick_config(tmp_path, "output.name=mine"), progress=False)
+    assert (first.run_dir / "metrics.json").read_bytes() == before
+
+
+def test_a_diverging_loss_stops_with_the_step(tmp_path):
+    with pytest.raises(ReslabError, match=r"loss became (nan|inf).* at step \d+ .*lower optim.lr"):
+        train(quick_config(tmp_path, "optim.lr=1e12", "schedule.warmup=none", "train.epochs=3"), progress=False)
+
+
+def test_same_seed_same_result_different_seed_different(tmp_path):
+    a = train(quick_config(tmp_path, "output.name=a", "train.epochs=1"), progress=False)
+    b = train(quick_config(tmp_path, "output.name=b", "train.epochs=1"), progress=False)
+    c = train(quick_config(tmp_path, "output.name=c", "train.epochs=1", "train.seed=5"), progress=False)
+    assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
+    assert a.history[0]["train_loss"] != c.history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ("optim.name=adam", "optim.lr=1e-3", "schedule.name=onecycle"),
+    ("optim.name=adamw", "optim.lr=1e-3", "train.label_smoothing=0.1", "schedule.name=constant"),
+    ("train.precision=bf16", "train.channels_last=true"),
+    ("model.shortcut=B", "model.grad_checkpointing=true", "schedule.name=multistep",
+     "schedule.milestones=[1]", "schedule.unit=epoch"),
+    ("data.val_size=0",),
+])
+def test_training_variants_learn(tmp_path, overrides):
+    result = train(quick_config(tmp_path, "train.epochs=3", *overrides), progress=False)
+    assert result.metrics["test"]["accuracy"] > 0.5  # chance is 0.1
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
