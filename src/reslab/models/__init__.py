@@ -1,6 +1,7 @@
 """reslab's networks: importing this package registers every family."""
 
 from . import cifar  # noqa: F401  (registers the CIFAR nets)
+from . import heads, imagenet, preact, resnext, wide  # noqa: F401  (register the other families)
 from .base import ResLabModel, StagedModel
 from .registry import create_model, describe_model, list_models, register_model
 

@@ -1,0 +1,248 @@
+"""Keras applications' ResNet weights into reslab models, read with h5py (no TensorFlow or Keras).
+
+Two file layouts are read:
+
+* the legacy ``.h5`` of keras.applications (``resnet50v2_weights_tf_dim_ordering_tf_kernels.h5``
+  and ``model.save("x.h5")``): a group per layer *name*, its ``weight_names`` attribute
+  listing the datasets (``conv1_conv/kernel:0``, ...);
+* Keras 3's ``.weights.h5`` (``model.save_weights``): ``layers/<class>_<n>/vars/<i>``, the
+  layers named by class and counted in the model's layer order (``conv2d_3``), so the
+  mapping rebuilds Keras's layer order: in a block 1_conv, 2_conv, the shortcut 0_conv,
+  then 3_conv (Keras orders a functional model's layers by their depth from the output).
+
+Targets: ``resnet50v2``/``101v2``/``152v2`` (and report 000's model, whose head keeps its
+initialisation), and Keras's V1 ``ResNet50``/``101``/``152`` onto reslab's ``resnet50``/...
+built with ``stride_in="1x1"`` (Keras V1 strides in the first 1x1 conv). Keras V1 puts
+biases in convs that reslab (like torchvision) leaves out because a BN follows; a bias b
+before a BN is folded exactly into its moving mean (mean - b), and the BN epsilon is set
+to Keras's 1.001e-5.
+
+Conv kernels go from Keras's (H, W, in, out) to torch's (out, in, H, W), dense kernels
+from (in, out) to (out, in). Inputs must be preprocessed as for Keras: ResNetV2 takes RGB
+scaled to [-1, 1]; V1 takes BGR with the ImageNet means subtracted (``caffe`` mode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...errors import ReslabError
+from ..imagenet import Bottleneck, ImageNetResNet
+from ..preact import KERAS_BN_EPSILON, ResNetV2
+
+# Keras 3 names the layers of a .weights.h5 after their class.
+KERAS3_CLASS_NAMES = {"conv": "conv2d", "bn": "batch_normalization", "dense": "dense"}
+# The order of a layer's variables in a Keras 3 file.
+KERAS3_VARIABLES = {
+    "conv": ("kernel", "bias"),
+    "bn": ("gamma", "beta", "moving_mean", "moving_variance"),
+    "dense": ("kernel", "bias"),
+}
+
+
+@dataclass(frozen=True)
+class KerasLayer:
+    name: str  # the Keras layer name, e.g. "conv3_block2_1_conv"
+    kind: str  # "conv", "bn" or "dense"
+    module: str  # the reslab module path, e.g. "conv3.block2.conv1"
+    bias_into_bn: str | None = None  # a conv bias to fold into this BN's moving mean (Keras V1)
+
+
+def keras_v2_layers(model: ResNetV2) -> list[KerasLayer]:
+    """The weighted layers of Keras's ResNetV2 in Keras's order, with their reslab modules."""
+    layers = [KerasLayer("conv1_conv", "conv", "conv1")]
+    for stage in model.stage_names:
+        for block_name, block in getattr(model, stage).named_children():
+            keras, path = f"{stage}_{block_name}", f"{stage}.{block_name}"
+            layers += [
+                KerasLayer(f"{keras}_preact_bn", "bn", f"{path}.preact_bn"),
+                KerasLayer(f"{keras}_1_conv", "conv", f"{path}.conv1"),
+                KerasLayer(f"{keras}_1_bn", "bn", f"{path}.bn1"),
+                KerasLayer(f"{keras}_2_conv", "conv", f"{path}.conv2"),
+                KerasLayer(f"{keras}_2_bn", "bn", f"{path}.bn2"),
+            ]
+            if block.conv0 is not None:
+                layers.append(KerasLayer(f"{keras}_0_conv", "conv", f"{path}.conv0"))
+            layers.append(KerasLayer(f"{keras}_3_conv", "conv", f"{path}.conv3"))
+    layers.append(KerasLayer("post_bn", "bn", "post_bn"))
+    # Keras's top; report 000's model has its own head on a top-less backbone instead.
+    if isinstance(model.fc, nn.Linear) and model.fc.in_features == model.num_features:
+        layers.append(KerasLayer("predictions", "dense", "fc"))
+    return layers
+
+
+def _v1_conv(keras_block: str, path: str, index: str, conv: str, bn: str) -> KerasLayer:
+    """A Keras V1 conv, whose bias reslab folds into the BN that follows it."""
+    return KerasLayer(f"{keras_block}_{index}_conv", "conv", f"{path}.{conv}", bias_into_bn=f"{path}.{bn}")
+
+
+def keras_v1_layers(model: ImageNetResNet) -> list[KerasLayer]:
+    """The weighted layers of Keras's ResNet50/101/152 (V1) in Keras's order."""
+    first = model.layer2[0]
+    if not isinstance(first, Bottleneck) or not model.residual:
+        raise ReslabError("Keras's V1 ResNets are bottleneck ResNets: use resnet50, resnet101 or resnet152")
+    if first.conv1.stride != (2, 2):
+        raise ReslabError("Keras's V1 ResNets stride in the first 1x1 conv: build the model with stride_in='1x1'")
+    layers = [KerasLayer("conv1_conv", "conv", "conv1", bias_into_bn="bn1"), KerasLayer("conv1_bn", "bn", "bn1")]
+    for stage_index, stage in enumerate(model.stage_names, start=2):
+        for block_index, block in enumerate(getattr(model, stage), start=1):
+            keras, path = f"conv{stage_index}_block{block_index}", f"{stage}.{block_index - 1}"
+            layers += [
+                _v1_conv(keras, path, "1", "conv1", "bn1"),
+                KerasLayer(f"{keras}_1_bn", "bn", f"{path}.bn1"),
+                _v1_conv(keras, path, "2", "conv2", "bn2"),
+                KerasLayer(f"{keras}_2_bn", "bn", f"{path}.bn2"),
+            ]
+            if block.downsample is not None:
+                layers.append(_v1_conv(keras, path, "0", "downsample.0", "downsample.1"))
+            layers.append(_v1_conv(keras, path, "3", "conv3", "bn3"))
+            if block.downsample is not None:
+                layers.append(KerasLayer(f"{keras}_0_bn", "bn", f"{path}.downsample.1"))
+            layers.append(KerasLayer(f"{keras}_3_bn", "bn", f"{path}.bn3"))
+    layers.append(KerasLayer("predictions", "dense", "fc"))
+    return layers
+
+
+def _read_layers(path: Path, layers: list[KerasLayer]) -> dict[str, dict[str, np.ndarray]]:
+    """``{keras layer name: {variable name: array}}`` for the layers present in the file."""
+    try:
+        import h5py
+    except ImportError:
+        raise ReslabError("reading Keras weights needs h5py: pip install h5py") from None
+    if not path.is_file():
+        raise ReslabError(f"no Keras weights file at {path}: check the path")
+    try:
+        with h5py.File(path, "r") as file:
+            root = file["model_weights"] if "model_weights" in file else file
+            if "layer_names" in root.attrs:
+                return _read_legacy(root)
+            if "layers" in file:
+                return _read_keras3(file["layers"], layers)
+    except ReslabError:
+        raise
+    except Exception as exc:  # h5py raises OSError, KeyError or ValueError for a damaged file
+        raise ReslabError(
+            f"Keras weights file {path} cannot be read, it is truncated or not an HDF5 file "
+            f"({type(exc).__name__}: {str(exc).strip()[:160]})"
+        ) from None
+    raise ReslabError(f"{path} is an HDF5 file but not Keras weights (no layer_names and no layers group)")
+
+
+def _text(value) -> str:
+    return value.decode("utf8") if isinstance(value, bytes) else str(value)
+
+
+def _read_legacy(root) -> dict[str, dict[str, np.ndarray]]:
+    layers = {}
+    for layer_name in map(_text, root.attrs["layer_names"]):
+        group = root[layer_name]
+        variables = {}
+        for weight_name in map(_text, group.attrs.get("weight_names", [])):
+            # "conv1_conv/kernel:0" (Keras 2) or "conv1_conv/kernel" (Keras 3)
+            variables[weight_name.split("/")[-1].split(":")[0]] = group[weight_name][()]
+        if variables:
+            layers[layer_name] = variables
+    return layers
+
+
+def _read_keras3(group, layers: list[KerasLayer]) -> dict[str, dict[str, np.ndarray]]:
+    counts: dict[str, int] = {}
+    found = {}
+    for layer in layers:
+        base = KERAS3_CLASS_NAMES[layer.kind]
+        n = counts.get(base, 0)
+        counts[base] = n + 1
+        stored = base if n == 0 else f"{base}_{n}"
+        if stored not in group or "vars" not in group[stored] or len(group[stored]["vars"]) == 0:
+            continue
+        arrays = group[stored]["vars"]
+        found[layer.name] = {
+            name: arrays[str(i)][()] for i, name in enumerate(KERAS3_VARIABLES[layer.kind][: len(arrays)])
+        }
+    stored_convs = sum(1 for name in group if name.split("_")[0] == "conv2d" and len(group[name].get("vars", [])))
+    expected_convs = counts.get("conv2d", 0)
+    if stored_convs != expected_convs:
+        raise ReslabError(
+            f"the Keras file holds {stored_convs} conv layers but the model has {expected_convs}: "
+            "it holds the weights of another architecture"
+        )
+    return found
+
+
+def load_keras_weights(model: nn.Module, path: str | Path) -> list[str]:
+    """Load Keras applications ResNet(V2) weights from ``path``; returns notes (e.g. no top)."""
+    path = Path(path)
+    if isinstance(model, ResNetV2):
+        layers = keras_v2_layers(model)
+    elif isinstance(model, ImageNetResNet):
+        layers = keras_v1_layers(model)
+    else:
+        raise ReslabError(
+            f"Keras weights load into resnet50v2/101v2/152v2 and resnet50/101/152 (stride_in='1x1'), "
+            f"not {type(model).__name__}"
+        )
+    stored = _read_layers(path, layers)
+    state = model.state_dict()
+    converted: dict[str, torch.Tensor] = {}
+    folded_biases: dict[str, torch.Tensor] = {}
+    notes: list[str] = []
+
+    def put(key: str, array: np.ndarray, keras_name: str) -> None:
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if tuple(tensor.shape) != tuple(state[key].shape):
+            raise ReslabError(
+                f"Keras weights file {path} does not fit {type(model).__name__}: {keras_name} has shape "
+                f"{tuple(tensor.shape)} for {key!r}, the model {tuple(state[key].shape)}"
+            )
+        converted[key] = tensor.to(state[key].dtype)
+
+    for layer in layers:
+        if layer.name not in stored:
+            if layer.kind == "dense":
+                notes.append("the file has no top (include_top=False): fc keeps its initialisation")
+                continue
+            raise ReslabError(
+                f"Keras weights file {path} has no layer {layer.name!r}: it is not a weights file of this "
+                f"{type(model).__name__} (another depth or another architecture)"
+            )
+        variables = stored[layer.name]
+        prefix = layer.module
+        if layer.kind == "conv":
+            put(f"{prefix}.weight", variables["kernel"].transpose(3, 2, 0, 1), layer.name)
+            if "bias" in variables:
+                if layer.bias_into_bn is not None:
+                    folded_biases[layer.bias_into_bn] = torch.from_numpy(variables["bias"])
+                else:
+                    put(f"{prefix}.bias", variables["bias"], layer.name)
+        elif layer.kind == "bn":
+            put(f"{prefix}.weight", variables["gamma"], layer.name)
+            put(f"{prefix}.bias", variables["beta"], layer.name)
+            put(f"{prefix}.running_mean", variables["moving_mean"], layer.name)
+            put(f"{prefix}.running_var", variables["moving_variance"], layer.name)
+        else:
+            kernel = variables["kernel"].T
+            if tuple(kernel.shape) != tuple(state["fc.weight"].shape):
+                notes.append(
+                    f"skipped the file's {kernel.shape[0]}-class top: the model has "
+                    f"{state['fc.weight'].shape[0]} classes and keeps its fresh head"
+                )
+                continue
+            put("fc.weight", kernel, layer.name)
+            put("fc.bias", variables["bias"], layer.name)
+
+    # BN(conv(x) + b) == BN'(conv(x)) with moving mean - b; in training the batch mean absorbs b.
+    for bn_path, bias in folded_biases.items():
+        key = f"{bn_path}.running_mean"
+        converted[key] = converted[key] - bias.to(converted[key].dtype)
+    if folded_biases:
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eps = KERAS_BN_EPSILON
+        notes.append(f"folded {len(folded_biases)} Keras conv biases into the BN moving means; BN epsilon 1.001e-5")
+    model.load_state_dict(converted, strict=False)
+    return notes
