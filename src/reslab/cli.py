@@ -174,8 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .train.loop import Interrupted
+
     try:
         return args.func(args)
+    except Interrupted as exc:  # preemption or Ctrl-C, state saved
+        print(f"reslab: {exc}", file=sys.stderr)
+        return 128 + exc.signal_number
     except ReslabError as exc:
         print(f"reslab: error: {exc}", file=sys.stderr)
         return 2

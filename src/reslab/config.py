@@ -58,6 +58,9 @@ class OptimConfig:
     weight_decay: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     backbone_lr: float | None = None  # transfer learning: a separate rate for the pretrained part
+    # Linear scaling rule (Goyal et al. 2017): if set, the rate used is lr * batch_size / this.
+    # None uses lr as given; either way the rate is for the global batch, whatever the process count.
+    lr_reference_batch: int | None = None
 
 
 @dataclass
@@ -86,6 +89,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
     threads: int | None = None  # CPU intra-op threads; None leaves PyTorch's default
+    sync_bn: bool = False  # batch-norm statistics over the global batch of all processes
 
 
 @dataclass
@@ -273,6 +277,8 @@ def validate(config: RunConfig) -> RunConfig:
          "or train.max_iters must be set"),
         ("train.label_smoothing", 0 <= config.train.label_smoothing < 1, "must be in [0, 1)"),
         ("train.threads", config.train.threads is None or config.train.threads >= 1, "must be at least 1"),
+        ("optim.lr_reference_batch", config.optim.lr_reference_batch is None or config.optim.lr_reference_batch >= 1,
+         "must be at least 1"),
         ("data.val_size", config.data.val_size >= 0, "must not be negative"),
         ("data.test_size", config.data.test_size > 0, "must be positive"),
         ("augment.crop_padding", config.augment.crop_padding is None or config.augment.crop_padding >= 0,

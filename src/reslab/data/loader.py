@@ -143,7 +143,11 @@ class DeviceLoader:
         return batches
 
     def __iter__(self):
-        for index, params in self.batch_indices():
+        return self.iterate(0)
+
+    def iterate(self, start: int = 0):
+        """The batches of this epoch from the ``start``-th on (a resume in mid-epoch)."""
+        for index, params in self.batch_indices()[start:]:
             index = index.to(self.device, non_blocking=True)
             images = self.images[index]
             if params:

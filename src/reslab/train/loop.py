@@ -8,11 +8,16 @@ the test set once.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import math
+import os
 import platform
+import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +26,7 @@ from pathlib import Path
 import torch
 import yaml
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .. import __version__
@@ -32,6 +38,7 @@ from ..evaluate.metrics import classification_metrics, running_accuracy
 from ..models import create_model
 from ..models.summary import count_macs, count_parameters
 from ..runfs import atomic_write_json, atomic_write_text, new_run_dir
+from . import distributed
 from .checkpoint import epoch_checkpoints, load_checkpoint, prune, save_checkpoint
 from .device import configure, resolve_device, rng_state, seed_everything, set_rng_state
 from .optim import build_optimizer, build_scheduler, trainable_parameters
@@ -74,7 +81,7 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: torch.device, env) -> dict:
     import numpy
     import sklearn
     import torchvision
@@ -84,6 +91,7 @@ def environment(device: torch.device) -> dict:
         "torchvision": torchvision.__version__, "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
         "device": str(device), "threads": torch.get_num_threads(), "command": " ".join(sys.argv),
+        "processes": env.world_size,
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -91,61 +99,128 @@ def environment(device: torch.device) -> dict:
     return info
 
 
+class Interrupted(Exception):
+    """SIGTERM or SIGINT stopped training at a step boundary, after saving its state."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT (preemption, Ctrl-C) into a flag read at the next step."""
+
+    def __init__(self):
+        self.signal_number: int | None = None
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGTERM, signal.SIGINT):
+                self.previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number, _frame):
+        if self.signal_number is not None and number == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signal_number = number
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        return False
+
+
 def train(config: RunConfig, resume: Path | None = None, progress: bool = True) -> RunResult:
-    """Train per ``config`` into a new run folder, or continue the run in ``resume``."""
+    """Train per ``config`` into a new run folder, or continue the run in ``resume``.
+
+    A run folder named by ``output.name`` that exists, is unfinished and was started with
+    this very config is continued automatically.
+    """
+    validate(config)
+    resolve_augmentation(config)
+    if resume is None:
+        resume = _unfinished_twin(config)
     state = None
     if resume is not None:
         resume = Path(resume)
         if (resume / "metrics.json").is_file():
             return load_result(resume)
         state = _latest_checkpoint(resume)
-        _check_same_run(state["meta"]["config"], config, resume)
-    validate(config)
-    resolve_augmentation(config)
+        if state is not None:
+            _check_same_run(state["meta"]["config"], config, resume)
     device = resolve_device(config.train.device)
-    configure(device, config.train.deterministic, config.train.threads)
-    seed_everything(config.train.seed)
+    env, device = distributed.setup(device)
+    try:
+        distributed.check_batch(config.train.batch_size, env)
+        configure(device, config.train.deterministic, config.train.threads)
+        seed_everything(config.train.seed)
 
-    splits = load_splits(config.data)
-    meta = {
-        "model": config.model.name, "model_options": model_options(config),
-        "num_classes": splits.num_classes, "in_channels": splits.in_channels, "classes": splits.classes,
-        "image_size": list(splits.image_size), "mean": splits.mean, "std": splits.std,
-        "dataset": config.data.name, "task": "single-label", "reslab_version": __version__,
-        "config": config.to_dict(),
-    }
-    model = build_model(meta)
-    if config.model.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    model.to(device)
-    if config.train.channels_last:
-        model.to(memory_format=torch.channels_last)
+        splits = load_splits(config.data)
+        meta = {
+            "model": config.model.name, "model_options": model_options(config),
+            "num_classes": splits.num_classes, "in_channels": splits.in_channels, "classes": splits.classes,
+            "image_size": list(splits.image_size), "mean": splits.mean, "std": splits.std,
+            "dataset": config.data.name, "task": "single-label", "reslab_version": __version__,
+            "config": config.to_dict(),
+        }
+        if not config.augment.normalize:
+            meta["mean"], meta["std"] = [0.0] * splits.in_channels, [1.0] * splits.in_channels
+        model = build_model(meta)
+        if config.model.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        if config.train.sync_bn and env.enabled:
+            model = distributed.convert_sync_batchnorm(model, device)
+        model.to(device)
+        if config.train.channels_last:
+            model.to(memory_format=torch.channels_last)
 
-    if resume is None:
-        name = config.output.name or f"{config.model.name}-{config.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
-        run_dir = new_run_dir(Path(config.output.dir), name)
-        config.save(run_dir / "config.yaml")
-        atomic_write_json(run_dir / "environment.json", environment(device))
-        atomic_write_json(run_dir / "dataset.json", splits.describe())
-        (run_dir / "checkpoints").mkdir()
-    else:
         run_dir = resume
-    return _fit(config, splits, model, meta, device, run_dir, state, progress)
+        if resume is None:
+            name = config.output.name or f"{config.model.name}-{config.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
+            run_dir = Path(config.output.dir) / distributed.broadcast(name, env)
+            if env.is_main:
+                new_run_dir(Path(config.output.dir), run_dir.name)
+                config.save(run_dir / "config.yaml")
+                atomic_write_json(run_dir / "environment.json", environment(device, env))
+                atomic_write_json(run_dir / "dataset.json", splits.describe())
+                (run_dir / "checkpoints").mkdir()
+            distributed.barrier(env)
+        with StopRequest() as stop:
+            return _fit(config, splits, model, meta, device, env, run_dir, state, stop, progress)
+    finally:
+        distributed.teardown(env)
 
 
-def _latest_checkpoint(run_dir: Path) -> dict:
-    """The newest readable epoch checkpoint (a damaged newest one falls back to the one before)."""
+def _unfinished_twin(config: RunConfig) -> Path | None:
+    if config.output.name is None:
+        return None
+    folder = Path(config.output.dir) / config.output.name
+    saved = folder / "config.yaml"
+    if not saved.is_file() or (folder / "metrics.json").is_file():
+        return None
+    if yaml.safe_load(saved.read_text()) != config.to_dict():
+        return None  # new_run_dir refuses it, naming --resume
+    print(f"reslab: continuing the unfinished run in {folder}", file=sys.stderr)
+    return folder
+
+
+def _latest_checkpoint(run_dir: Path) -> dict | None:
+    """The newest readable checkpoint: last.pt, else the newest epoch checkpoint that loads.
+    None when the run was stopped before its first checkpoint (it starts again)."""
     if not (run_dir / "config.yaml").is_file():
         raise ReslabError(f"{run_dir} is not a reslab run folder (no config.yaml)")
+    candidates = [run_dir / "checkpoints" / "last.pt", *reversed(epoch_checkpoints(run_dir))]
     problems = []
-    for path in reversed(epoch_checkpoints(run_dir)):
-        try:
-            return load_checkpoint(path)
-        except ReslabError as exc:
-            problems.append(str(exc))
+    for path in candidates:
+        if path.is_file():
+            try:
+                return load_checkpoint(path)
+            except ReslabError as exc:
+                problems.append(str(exc))
     if problems:
         raise ReslabError(f"no readable checkpoint in {run_dir}: {problems[0]}")
-    raise ReslabError(f"{run_dir} has no epoch checkpoint to resume from; start the run again")
+    return None
 
 
 def _check_same_run(saved: dict, config: RunConfig, run_dir: Path) -> None:
@@ -169,51 +244,89 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> RunCon
 # ---------------------------------------------------------------- the loop
 
 
-def _fit(config, splits: DatasetSplits, model, meta, device, run_dir: Path, state, progress: bool) -> RunResult:
+@dataclass
+class EpochTally:
+    """Running sums of one epoch's training batches (kept on the device: no sync per step)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def zero(cls, device: torch.device) -> "EpochTally":
+        return cls(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
+
+    def state(self) -> dict:
+        return {"loss_sum": self.loss_sum.item(), "correct": self.correct.item(), "seen": self.seen,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_state(cls, state: dict, device: torch.device) -> "EpochTally":
+        return cls(torch.tensor(state["loss_sum"], device=device),
+                   torch.tensor(state["correct"], device=device, dtype=torch.long), state["seen"], state["seconds"])
+
+
+def _fit(config, splits: DatasetSplits, model, meta, device, env, run_dir: Path, state, stop: StopRequest,
+         progress: bool) -> RunResult:
     train_cfg = config.train
     augment = BatchAugment(config.augment.crop_padding, config.augment.hflip, config.augment.rotation,
                            config.augment.scale)
-    mean, std = (splits.mean, splits.std) if config.augment.normalize else ([0.0] * len(splits.mean),
-                                                                             [1.0] * len(splits.std))
-    meta["mean"], meta["std"] = mean, std
-    train_loader = DeviceLoader(splits.train, train_cfg.batch_size, device, mean, std, train=True, augment=augment,
-                                seed=train_cfg.seed, channels_last=train_cfg.channels_last)
+    shard = dict(rank=env.rank, world_size=env.world_size, channels_last=train_cfg.channels_last)
+    train_loader = DeviceLoader(splits.train, train_cfg.batch_size, device, meta["mean"], meta["std"], train=True,
+                                augment=augment, seed=train_cfg.seed, **shard)
     if len(train_loader) == 0:
         raise ReslabError(f"train.batch_size {train_cfg.batch_size} is larger than the {len(splits.train)} "
                           "training images; lower it")
-    val_loader = splits.val and DeviceLoader(splits.val, train_cfg.eval_batch_size, device, mean, std, train=False,
-                                             channels_last=train_cfg.channels_last)
+    val_loader = splits.val and DeviceLoader(splits.val, train_cfg.eval_batch_size, device, meta["mean"],
+                                             meta["std"], train=False, **shard)
 
     steps_per_epoch = len(train_loader)
     total_steps = _total_steps(train_cfg, steps_per_epoch)
     epochs = math.ceil(total_steps / steps_per_epoch)
-    optimizer = build_optimizer(trainable_parameters(model), config.optim)
+    optim_cfg = copy.deepcopy(config.optim)
+    if optim_cfg.lr_reference_batch:
+        optim_cfg.lr *= train_cfg.batch_size / optim_cfg.lr_reference_batch
+    optimizer = build_optimizer(trainable_parameters(model), optim_cfg)
     scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
     criterion = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing)
-    forward = torch.compile(model) if train_cfg.compile else model
+    network = model
+    if env.enabled:
+        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(network) if train_cfg.compile else network
 
-    start_epoch, step, best, history = 0, 0, None, []
+    start_epoch, start_batch, step, best, history = 0, 0, 0, None, []
+    tally = EpochTally.zero(device)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        start_epoch, step, best, history = state["epoch"], state["step"], state["best"], state["history"]
+        start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
+        best, history = state["best"], state["history"]
+        if state["tally"] is not None:
+            tally = EpochTally.from_state(state["tally"], device)
         set_rng_state(state["rng"])
 
-    bar = tqdm(total=total_steps, initial=step, unit="it", disable=not progress, dynamic_ncols=True,
-               desc=f"{config.model.name}", mininterval=0.5 if sys.stderr.isatty() else 20,
-               file=sys.stderr)
-    log_every = 1 if device.type == "cpu" else 25  # a host sync per log on a GPU
+    def checkpoint(epoch: int, batch: int, tally: EpochTally | None) -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "batch": batch,
+                "step": step, "best": best, "history": history, "tally": tally and tally.state(),
+                "rng": rng_state(), "meta": meta}
+
+    show = progress and env.is_main
+    bar = tqdm(total=total_steps, initial=step, unit="it", disable=not show, dynamic_ncols=True,
+               desc=config.model.name, mininterval=0.5 if sys.stderr.isatty() else 20, file=sys.stderr)
+    log_every = 1 if device.type == "cpu" else 25  # each log is a host sync on a GPU
     for epoch in range(start_epoch, epochs):
         train_loader.set_epoch(epoch)
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        started = time.perf_counter()
-        for images, targets in train_loader:
+        first_batch = start_batch if epoch == start_epoch else 0
+        if first_batch == 0:
+            tally = EpochTally.zero(device)
+        started = time.perf_counter() - tally.seconds
+        for batch, (images, targets) in enumerate(train_loader.iterate(first_batch), start=first_batch):
             if step >= total_steps:
                 break
             with autocast(device, train_cfg.precision):
@@ -225,26 +338,32 @@ def _fit(config, splits: DatasetSplits, model, meta, device, run_dir: Path, stat
             scaler.update()
             scheduler.step()
             step += 1
-            loss_sum += loss.detach() * len(targets)
-            correct += running_accuracy(logits.detach(), targets)
-            seen += len(targets)
-            if step % log_every == 0 or seen == len(train_loader) * train_cfg.batch_size:
+            tally.loss_sum += loss.detach() * len(targets)
+            tally.correct += running_accuracy(logits.detach(), targets)
+            tally.seen += len(targets)
+            if step % log_every == 0:
                 _check_finite(loss, step, epoch, run_dir)
-                rate = seen / max(time.perf_counter() - started, 1e-9)
+                rate = tally.seen * env.world_size / max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss.item():.3f}",
-                                acc=f"{correct.item() / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}",
-                                img_s=f"{rate:.0f}", refresh=False)
+                                acc=f"{tally.correct.item() / tally.seen:.3f}",
+                                lr=f"{optimizer.param_groups[0]['lr']:.2g}", img_s=f"{rate:.0f}", refresh=False)
+                if distributed.any_rank(stop.signal_number is not None, env, device):
+                    tally.seconds = time.perf_counter() - started
+                    _save_last(run_dir, checkpoint(epoch, batch + 1, tally), env)
+                    bar.close()
+                    raise _interrupted(stop, step, epoch, run_dir)
             bar.update(1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - started
-        _check_finite(loss_sum, step, epoch, run_dir)
+        tally.seconds = time.perf_counter() - started
+        _check_finite(tally.loss_sum, step, epoch, run_dir)
 
         row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
-               "train_loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen,
-               "epoch_seconds": seconds, "images_per_second": seen / seconds}
+               **_train_figures(tally, env), "epoch_seconds": tally.seconds}
+        row["images_per_second"] = tally.seen * env.world_size / tally.seconds
         if val_loader is not None:
-            val = classification_metrics(*predict(model, val_loader, device, train_cfg.precision), splits.classes)
+            val = classification_metrics(*predict(model, val_loader, device, train_cfg.precision, env),
+                                         splits.classes)
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"], val_error=val["error"],
                        val_macro_f1=val["macro_f1"])
             score = (val["accuracy"], -val["loss"])
@@ -254,23 +373,68 @@ def _fit(config, splits: DatasetSplits, model, meta, device, run_dir: Path, stat
         history.append(row)
         if is_best:
             best = {"epoch": epoch + 1, "score": list(score)}
-            save_checkpoint(run_dir / "checkpoints" / "best.pt",
-                            {"model": model.state_dict(), "meta": meta, "epoch": epoch + 1})
-        save_checkpoint(run_dir / "checkpoints" / f"epoch-{epoch + 1:04d}.pt", {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step, "best": best, "history": history,
-            "rng": rng_state(), "meta": meta,
-        })
-        prune(run_dir, config.output.keep_last)
-        _write_history(run_dir / "history.csv", history)
-        if progress:
+        if env.is_main:
+            if is_best:
+                _save(run_dir / "checkpoints" / "best.pt", {"model": model.state_dict(), "meta": meta,
+                                                            "epoch": epoch + 1})
+            epoch_path = run_dir / "checkpoints" / f"epoch-{epoch + 1:04d}.pt"
+            _save(epoch_path, checkpoint(epoch + 1, 0, None))
+            _link_last(epoch_path)
+            prune(run_dir, config.output.keep_last)
+            _write_history(run_dir / "history.csv", history)
+        if show:
             val_text = f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}" if val_loader else ""
             bar.write(f"epoch {epoch + 1}/{epochs}  train loss {row['train_loss']:.4f} "
                       f"acc {row['train_accuracy']:.4f}{val_text}  {row['images_per_second']:.0f} img/s")
         if step >= total_steps:
             break
+        if distributed.any_rank(stop.signal_number is not None, env, device):
+            bar.close()
+            raise _interrupted(stop, step, epoch + 1, run_dir)
     bar.close()
-    return _finish(config, splits, model, meta, device, run_dir, history, best)
+    distributed.barrier(env)  # best.pt is written before any rank reads it
+    return _finish(config, splits, model, meta, device, env, run_dir, history, best)
+
+
+def _train_figures(tally: EpochTally, env) -> dict:
+    """The epoch's training loss and accuracy over every process's images."""
+    sums = torch.stack([tally.loss_sum.float(), tally.correct.float(),
+                        torch.tensor(float(tally.seen), device=tally.loss_sum.device)])
+    if env.enabled:
+        torch.distributed.all_reduce(sums)
+    loss_sum, correct, seen = sums.tolist()
+    return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen}
+
+
+def _save(path: Path, state: dict) -> None:
+    try:
+        save_checkpoint(path, state)
+    except OSError as exc:
+        raise ReslabError(f"could not write {path} ({exc.strerror or exc}); the checkpoints already in "
+                          f"{path.parent} are intact") from None
+
+
+def _link_last(path: Path) -> None:
+    """Point checkpoints/last.pt at ``path`` atomically (a hard link: no second copy)."""
+    temporary = path.parent / f".last.{os.getpid()}.tmp"
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(path, temporary)
+    except OSError:  # a filesystem without hard links: copy
+        shutil.copyfile(path, temporary)
+    os.replace(temporary, path.parent / "last.pt")
+
+
+def _save_last(run_dir: Path, state: dict, env) -> None:
+    if env.is_main:
+        _save(run_dir / "checkpoints" / "last.pt", state)
+    distributed.barrier(env)
+
+
+def _interrupted(stop: StopRequest, step: int, epoch: int, run_dir: Path) -> Interrupted:
+    name = signal.Signals(stop.signal_number).name
+    return Interrupted(f"stopped by {name} at step {step} (epoch {epoch + 1}); its state is saved. "
+                       f"Continue with: reslab train --resume {run_dir}", stop.signal_number)
 
 
 def _total_steps(train_cfg, steps_per_epoch: int) -> int:
@@ -293,15 +457,18 @@ def _check_finite(loss: torch.Tensor, step: int, epoch: int, run_dir: Path) -> N
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader, device: torch.device, precision: str = "fp32"):
-    """All logits and targets of ``loader``, in order."""
+def predict(model: nn.Module, loader, device: torch.device, precision: str = "fp32", env=None):
+    """All logits and targets of ``loader`` (gathered from every process when distributed)."""
     model.eval()
     outputs, targets = [], []
     for images, labels in loader:
         with autocast(device, precision):
             outputs.append(model(images).float())
         targets.append(labels)
-    return torch.cat(outputs).cpu(), torch.cat(targets).cpu()
+    logits, labels = torch.cat(outputs), torch.cat(targets)
+    if env is not None and env.enabled:
+        logits, labels = distributed.all_gather_rows(logits, env), distributed.all_gather_rows(labels, env)
+    return logits.cpu(), labels.cpu()
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
@@ -315,17 +482,17 @@ def _write_history(path: Path, history: list[dict]) -> None:
 # ---------------------------------------------------------------- the end of a run
 
 
-def _finish(config, splits, model, meta, device, run_dir: Path, history: list[dict], best: dict) -> RunResult:
+def _finish(config, splits, model, meta, device, env, run_dir: Path, history: list[dict], best: dict) -> RunResult:
     best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=device)
     model.load_state_dict(best_state["model"])
-    test_loader = DeviceLoader(splits.test, config.train.eval_batch_size, device, meta["mean"], meta["std"],
-                               train=False, channels_last=config.train.channels_last)
-    test = classification_metrics(*predict(model, test_loader, device, config.train.precision), splits.classes)
-    val = None
-    if splits.val is not None:
-        val_loader = DeviceLoader(splits.val, config.train.eval_batch_size, device, meta["mean"], meta["std"],
-                                  train=False, channels_last=config.train.channels_last)
-        val = classification_metrics(*predict(model, val_loader, device, config.train.precision), splits.classes)
+
+    def evaluate(split):
+        loader = DeviceLoader(split, config.train.eval_batch_size, device, meta["mean"], meta["std"], train=False,
+                              rank=env.rank, world_size=env.world_size, channels_last=config.train.channels_last)
+        return classification_metrics(*predict(model, loader, device, config.train.precision, env), splits.classes)
+
+    test = evaluate(splits.test)
+    val = evaluate(splits.val) if splits.val is not None else None
     train_seconds = sum(row["epoch_seconds"] for row in history)
     images = sum(row["images_per_second"] * row["epoch_seconds"] for row in history)
     counts = count_parameters(model)
@@ -336,16 +503,18 @@ def _finish(config, splits, model, meta, device, run_dir: Path, history: list[di
         "best_epoch": best["epoch"], "selected_on": "validation" if splits.val is not None else "last epoch",
         "parameters": counts["parameters"], "macs": count_macs(model, input_shape),
         "train_seconds": train_seconds, "images_per_second": images / max(train_seconds, 1e-9),
-        "device": str(device), "precision": config.train.precision,
+        "device": str(device), "processes": env.world_size, "precision": config.train.precision,
         "test": test, "val": val,
     }
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    if not env.is_main:
+        return RunResult(run_dir, metrics, history)
     if config.output.plots:
         from ..report.plots import plot_confusion, plot_history
 
         plot_history(history, run_dir / "curves.png", title=f"{config.model.name} on {config.data.name}")
         plot_confusion(test["confusion_matrix"], splits.classes, run_dir / "confusion_matrix.png",
                        title=f"{config.model.name}: test confusion matrix")
+    atomic_write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
     return RunResult(run_dir, metrics, history)
 
 

@@ -1,0 +1,141 @@
+"""Crash-safe training: SIGKILL at random moments, SIGTERM at a step boundary,
+distributed training equal to one process, in real processes."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from reslab.train.checkpoint import load_checkpoint
+
+ARGS = ["--config", "demo-digits", "--model", "resnet14", "--epochs", "4", "train.deterministic=true",
+        "train.batch_size=128", "augment.rotation=5", "--no-progress"]
+
+
+def start(out: Path, name: str, *extra: str, launcher=(sys.executable, "-m", "reslab")) -> subprocess.Popen:
+    return subprocess.Popen([*launcher, "train", *ARGS, "--out", str(out), "--name", name, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    _, stderr = process.communicate(timeout=600)
+    return process.returncode, stderr
+
+
+def final_weights(run_dir: Path) -> dict:
+    return load_checkpoint(run_dir / "checkpoints" / "epoch-0004.pt")["model"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference")
+    code, stderr = finish(start(out, "whole"))
+    assert code == 0, stderr
+    return out / "whole"
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(reference, tmp_path):
+    run_dir = tmp_path / "killed"
+    rng = random.Random(1)
+    kills = 0
+    process = start(tmp_path, "killed")
+    for _ in range(3):
+        wait_for(run_dir / "config.yaml", process)
+        time.sleep(rng.uniform(0.0, 2.5))
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+        assert not (run_dir / "metrics.json").exists()
+        process = start(tmp_path, "killed", "--resume", str(run_dir))
+    code, stderr = finish(process)
+    assert code == 0, stderr
+    assert kills >= 1
+    for key, value in final_weights(reference).items():
+        assert torch.equal(value, final_weights(run_dir)[key]), key
+    assert (run_dir / "metrics.json").read_text().count('"accuracy"') > 0
+
+
+def test_sigterm_saves_at_a_step_boundary_and_resumes_exactly(reference, tmp_path):
+    run_dir = tmp_path / "preempted"
+    process = start(tmp_path, "preempted")
+    wait_for(run_dir / "checkpoints" / "epoch-0001.pt", process)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    code, stderr = finish(process)
+    if code == 0:
+        pytest.fail("training finished before SIGTERM arrived; slow the run down")
+    assert code == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr and f"--resume {run_dir}" in stderr
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert saved["step"] > 10  # past the first epoch
+    # Same name and config: the run folder is picked up again without --resume.
+    code, stderr = finish(start(tmp_path, "preempted"))
+    assert code == 0, stderr
+    assert "continuing the unfinished run" in stderr
+    for key, value in final_weights(reference).items():
+        assert torch.equal(value, final_weights(run_dir)[key]), key
+
+
+def test_a_killed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    from reslab.train import checkpoint
+
+    path = tmp_path / "epoch-0001.pt"
+    checkpoint.save_checkpoint(path, {"model": {"w": torch.ones(3)}, "meta": {}})
+
+    def dies_midway(state, handle):
+        handle.write(b"partial garbage")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "meta": {}})
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch-0001.pt"]  # no temporary left behind
+
+
+def test_two_processes_with_half_batches_equal_one_process(tmp_path):
+    """2 processes x 64 images (gloo, global batch norm) == 1 process x 128, same seed and data order."""
+    common = ["--config", "demo-digits", "--model", "resnet8", "--epochs", "1", "train.batch_size=128",
+              "train.sync_bn=true", "train.deterministic=true", "augment.rotation=5", "--no-progress",
+              "--out", str(tmp_path)]
+    single = subprocess.run([sys.executable, "-m", "reslab", "train", *common, "--name", "one"],
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "reslab"]
+    double = subprocess.run([*torchrun, "train", *common, "--name", "two"], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = load_checkpoint(tmp_path / "one" / "checkpoints" / "epoch-0001.pt")["model"]
+    two = load_checkpoint(tmp_path / "two" / "checkpoints" / "epoch-0001.pt")["model"]
+    assert one.keys() == two.keys()
+    for key in one:
+        if one[key].is_floating_point():
+            assert torch.allclose(one[key], two[key], rtol=1e-3, atol=1e-4), key
+    import json
+
+    from reslab.evaluate.runner import evaluate_checkpoint
+
+    recorded = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert recorded["processes"] == 2
+    alone = evaluate_checkpoint(tmp_path / "two", device="cpu")["test"]
+    assert alone["confusion_matrix"] == recorded["test"]["confusion_matrix"]
+    assert alone["samples"] == recorded["test"]["samples"] == 359  # gathered, no padding duplicates
