@@ -27,6 +27,7 @@ class ModelConfig:
     shortcut: str = "A"  # CIFAR nets: "A" zero-padded identity (paper's CIFAR choice), "B" projection
     pretrained: str | None = None  # a weights file or a torchvision weights name (IMAGENET1K_V2)
     freeze: str = "none"  # "none" fine-tunes all, "backbone" trains the head only, or K: the last K stages
+    unfreeze_epoch: int | None = None  # from this epoch (1-based) on, everything trains (freeze, then fine-tune)
     grad_checkpointing: bool = False  # recompute activations per block (very deep nets)
 
 
@@ -38,6 +39,10 @@ class DataConfig:
     val_size: float = 0.1  # held out of the training set: a fraction, or a count if >= 1
     test_size: float = 0.2  # datasets without an official test split (digits): the held-out part
     split_seed: int = 0  # the train/val/test split; fixed across training seeds so runs compare
+    # auto: the pretrained weights' own (imagenet for torchvision, inception [-1, 1] for Keras .h5), else dataset
+    normalization: str = "auto"  # auto, dataset (train split's mean/std), imagenet, inception, none
+    image_size: int | None = None  # resize (bilinear) to this square size, e.g. 224 for ImageNet backbones
+    channels: int | None = None  # 3 repeats grayscale images into RGB (for RGB-pretrained backbones)
 
 
 @dataclass
@@ -46,7 +51,6 @@ class AugmentConfig:
     hflip: bool | None = None  # random horizontal flip (paper: on for CIFAR; off for digits)
     rotation: float = 0.0  # random rotation, +/- degrees (report 000 used it)
     scale: float = 0.0  # random zoom, +/- this fraction
-    normalize: bool = True  # per-channel mean/std of the training split
 
 
 @dataclass
@@ -122,6 +126,7 @@ class RunConfig:
 CHOICES = {
     "model.shortcut": ("A", "B"),
     "data.name": ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "kmnist"),
+    "data.normalization": ("auto", "dataset", "imagenet", "inception", "none"),
     "optim.name": ("sgd", "adam", "adamw"),
     "schedule.name": ("multistep", "cosine", "onecycle", "constant"),
     "schedule.unit": ("iter", "epoch"),
@@ -280,6 +285,10 @@ def validate(config: RunConfig) -> RunConfig:
         ("optim.lr_reference_batch", config.optim.lr_reference_batch is None or config.optim.lr_reference_batch >= 1,
          "must be at least 1"),
         ("data.val_size", config.data.val_size >= 0, "must not be negative"),
+        ("data.image_size", config.data.image_size is None or config.data.image_size >= 1, "must be at least 1"),
+        ("data.channels", config.data.channels in (None, 1, 3), "must be 1 or 3"),
+        ("model.unfreeze_epoch", config.model.unfreeze_epoch is None or config.model.unfreeze_epoch >= 1,
+         "must be at least 1"),
         ("data.test_size", config.data.test_size > 0, "must be positive"),
         ("augment.crop_padding", config.augment.crop_padding is None or config.augment.crop_padding >= 0,
          "must not be negative"),

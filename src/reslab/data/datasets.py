@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import DataConfig
 from ..errors import ReslabError
-from .arrays import DatasetSplits, channel_stats, hold_out
+from .arrays import ArrayDataset, DatasetSplits, channel_stats, hold_out
 from .cifar import read_cifar
 from .digits import read_digits
 from .idx import read_idx_dataset
@@ -44,5 +44,14 @@ def load_splits(config: DataConfig) -> DatasetSplits:
     if test is None or len(test) == 0:
         raise ReslabError(f"{config.name}: the test split is empty")
     train, val = hold_out(train, config.val_size, config.split_seed, "data.val_size")
+    if config.channels is not None and config.channels != train.images.shape[1]:
+        if (train.images.shape[1], config.channels) != (1, 3):
+            raise ReslabError(f"data.channels={config.channels}: {config.name} has {train.images.shape[1]}-channel "
+                              "images; only grayscale to RGB (1 to 3) is supported")
+        train, val, test = (_to_rgb(d) if d is not None else None for d in (train, val, test))
     mean, std = channel_stats(train.images)
     return DatasetSplits(config.name, classes, train, val, test, mean, std, source)
+
+
+def _to_rgb(data: ArrayDataset) -> ArrayDataset:
+    return ArrayDataset(data.images.expand(-1, 3, -1, -1).contiguous(), data.labels)

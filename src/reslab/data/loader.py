@@ -106,8 +106,10 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
         channels_last: bool = False,
+        resize: int | None = None,
     ):
         self.device = torch.device(device)
+        self.resize = resize
         self.images = data.images.to(self.device)
         self.labels = data.labels.to(self.device)
         self.batch_size = batch_size
@@ -156,6 +158,8 @@ class DeviceLoader:
             if params:
                 images = self.augment.apply_float(images, params)
             images = images.sub_(self.offset).mul_(self.scale)
+            if self.resize is not None and tuple(images.shape[2:]) != (self.resize, self.resize):
+                images = F.interpolate(images, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             yield images, self.labels[index]

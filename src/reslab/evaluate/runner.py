@@ -38,7 +38,8 @@ def evaluate_checkpoint(path: Path, data: str | None = None, data_root: str | No
     chosen = splits.test if split == "test" else splits.val
     if chosen is None:
         raise ReslabError(f"{config.data.name} has no {split} split in this configuration")
-    loader = DeviceLoader(chosen, batch_size, target, meta["mean"], meta["std"], train=False)
+    loader = DeviceLoader(chosen, batch_size, target, meta["mean"], meta["std"], train=False,
+                          resize=config.data.image_size)
     metrics = classification_metrics(*predict(network, loader, target), splits.classes)
     return {"model": meta["model"], "dataset": config.data.name, "split": split, "checkpoint": str(path),
             "test": metrics}

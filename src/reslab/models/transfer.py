@@ -104,10 +104,13 @@ def parameter_groups(
     head_lr: float,
     weight_decay: float = 0.0,
     decay_norm_and_bias: bool = False,
+    include_frozen: bool = False,
 ) -> list[dict]:
     """Optimizer parameter groups: backbone and head with their own learning rates.
 
-    Only parameters that require grad are included. By default BN weights/biases and all
+    Only parameters that require grad are included, unless ``include_frozen`` (for a
+    backbone unfrozen later in training: frozen parameters get no gradient, so optimizers
+    leave them alone until then). By default BN weights/biases and all
     biases (every parameter with fewer than 2 dimensions) get no weight decay, as in most
     modern recipes; ``decay_norm_and_bias=True`` decays everything, as in the ResNet paper.
     Each group carries a ``name`` ("backbone", "backbone_no_decay", "head", "head_no_decay").
@@ -115,7 +118,7 @@ def parameter_groups(
     head_ids = {id(p) for _, m in model_parts(model)["head"] for p in m.parameters()}
     buckets: dict[str, list[nn.Parameter]] = {}
     for parameter in model.parameters():
-        if not parameter.requires_grad:
+        if not parameter.requires_grad and not include_frozen:
             continue
         part = "head" if id(parameter) in head_ids else "backbone"
         no_decay = parameter.ndim < 2 and not decay_norm_and_bias

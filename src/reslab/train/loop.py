@@ -37,11 +37,12 @@ from ..errors import ReslabError
 from ..evaluate.metrics import classification_metrics, running_accuracy
 from ..models import create_model
 from ..models.summary import count_macs, count_parameters
+from ..models.transfer import freeze, parameter_groups
 from ..runfs import atomic_write_json, atomic_write_text, new_run_dir
 from . import distributed
 from .checkpoint import epoch_checkpoints, load_checkpoint, prune, save_checkpoint
 from .device import configure, resolve_device, rng_state, seed_everything, set_rng_state
-from .optim import build_optimizer, build_scheduler, trainable_parameters
+from .optim import build_optimizer, build_scheduler
 
 HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_error",
                   "val_macro_f1", "epoch_seconds", "images_per_second"]
@@ -67,6 +68,41 @@ def resolve_augmentation(config: RunConfig) -> None:
 def model_options(config: RunConfig) -> dict:
     """Model options that differ from the defaults; a family that lacks one refuses it by name."""
     return {"shortcut": config.model.shortcut} if config.model.shortcut != "A" else {}
+
+
+def load_pretrained(model: nn.Module, source: str) -> list[str]:
+    """Weights from a Keras .h5 file, a torchvision file or name, or a reslab/other PyTorch checkpoint."""
+    from ..models.weights import load_keras_weights, load_torchvision_weights
+
+    if source.endswith(".h5"):
+        return load_keras_weights(model, source)
+    return load_torchvision_weights(model, source)
+
+
+IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # torchvision's weights expect these
+
+
+def normalization(config: RunConfig, splits: DatasetSplits, model: nn.Module) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (in [0, 1]) the model's inputs are normalised with."""
+    kind = config.data.normalization
+    if kind == "auto":
+        pretrained = config.model.pretrained
+        if pretrained and pretrained.endswith(".h5"):
+            kind = "inception"  # Keras ResNet V2 weights: inputs scaled to [-1, 1]
+        elif pretrained and getattr(model, "torchvision_name", None):
+            kind = "imagenet"
+        else:
+            kind = "dataset"
+    channels = splits.in_channels
+    if kind == "imagenet":
+        if channels != 3:
+            raise ReslabError("data.normalization=imagenet needs RGB images; set data.channels=3")
+        return IMAGENET_STATS
+    if kind == "inception":
+        return [0.5] * channels, [0.5] * channels
+    if kind == "none":
+        return [0.0] * channels, [1.0] * channels
+    return splits.mean, splits.std
 
 
 def build_model(meta: dict) -> nn.Module:
@@ -157,16 +193,21 @@ def train(config: RunConfig, resume: Path | None = None, progress: bool = True) 
         seed_everything(config.train.seed)
 
         splits = load_splits(config.data)
+        model = create_model(config.model.name, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                             **model_options(config))
+        notes = load_pretrained(model, config.model.pretrained) if config.model.pretrained else []
+        mean, std = normalization(config, splits, model)
+        size = [config.data.image_size] * 2 if config.data.image_size else list(splits.image_size)
         meta = {
             "model": config.model.name, "model_options": model_options(config),
             "num_classes": splits.num_classes, "in_channels": splits.in_channels, "classes": splits.classes,
-            "image_size": list(splits.image_size), "mean": splits.mean, "std": splits.std,
+            "image_size": size, "mean": mean, "std": std,
             "dataset": config.data.name, "task": "single-label", "reslab_version": __version__,
             "config": config.to_dict(),
         }
-        if not config.augment.normalize:
-            meta["mean"], meta["std"] = [0.0] * splits.in_channels, [1.0] * splits.in_channels
-        model = build_model(meta)
+        if env.is_main:
+            for note in notes:
+                print(f"reslab: {config.model.pretrained}: {note}", file=sys.stderr)
         if config.model.grad_checkpointing:
             model.set_grad_checkpointing(True)
         if config.train.sync_bn and env.enabled:
@@ -272,7 +313,8 @@ def _fit(config, splits: DatasetSplits, model, meta, device, env, run_dir: Path,
     train_cfg = config.train
     augment = BatchAugment(config.augment.crop_padding, config.augment.hflip, config.augment.rotation,
                            config.augment.scale)
-    shard = dict(rank=env.rank, world_size=env.world_size, channels_last=train_cfg.channels_last)
+    shard = dict(rank=env.rank, world_size=env.world_size, channels_last=train_cfg.channels_last,
+                 resize=config.data.image_size)
     train_loader = DeviceLoader(splits.train, train_cfg.batch_size, device, meta["mean"], meta["std"], train=True,
                                 augment=augment, seed=train_cfg.seed, **shard)
     if len(train_loader) == 0:
@@ -287,14 +329,21 @@ def _fit(config, splits: DatasetSplits, model, meta, device, env, run_dir: Path,
     optim_cfg = copy.deepcopy(config.optim)
     if optim_cfg.lr_reference_batch:
         optim_cfg.lr *= train_cfg.batch_size / optim_cfg.lr_reference_batch
-    optimizer = build_optimizer(trainable_parameters(model), optim_cfg)
+    head_lr = optim_cfg.lr
+    backbone_lr = optim_cfg.backbone_lr if optim_cfg.backbone_lr is not None else head_lr
+    groups = parameter_groups(model, backbone_lr, head_lr, optim_cfg.weight_decay, decay_norm_and_bias=True,
+                              include_frozen=True)
+    optimizer = build_optimizer(groups, optim_cfg)
     scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
     criterion = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing)
-    network = model
-    if env.enabled:
-        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    forward = torch.compile(network) if train_cfg.compile else network
+    def wrap(model):
+        network = model
+        if env.enabled:  # built for the parameters that train now: rebuilt when more are unfrozen
+            network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return torch.compile(network) if train_cfg.compile else network
+
+    freeze_mode = None
 
     start_epoch, start_batch, step, best, history = 0, 0, 0, None, []
     tally = EpochTally.zero(device)
@@ -320,6 +369,11 @@ def _fit(config, splits: DatasetSplits, model, meta, device, env, run_dir: Path,
                desc=config.model.name, mininterval=0.5 if sys.stderr.isatty() else 20, file=sys.stderr)
     log_every = 1 if device.type == "cpu" else 25  # each log is a host sync on a GPU
     for epoch in range(start_epoch, epochs):
+        unfrozen = config.model.unfreeze_epoch is not None and epoch + 1 >= config.model.unfreeze_epoch
+        mode = "none" if unfrozen else config.model.freeze
+        if mode != freeze_mode:
+            freeze(model, mode)
+            forward, freeze_mode = wrap(model), mode
         train_loader.set_epoch(epoch)
         model.train()
         first_batch = start_batch if epoch == start_epoch else 0
@@ -488,7 +542,8 @@ def _finish(config, splits, model, meta, device, env, run_dir: Path, history: li
 
     def evaluate(split):
         loader = DeviceLoader(split, config.train.eval_batch_size, device, meta["mean"], meta["std"], train=False,
-                              rank=env.rank, world_size=env.world_size, channels_last=config.train.channels_last)
+                              rank=env.rank, world_size=env.world_size, channels_last=config.train.channels_last,
+                              resize=config.data.image_size)
         return classification_metrics(*predict(model, loader, device, config.train.precision, env), splits.classes)
 
     test = evaluate(splits.test)
@@ -496,7 +551,7 @@ def _finish(config, splits, model, meta, device, env, run_dir: Path, history: li
     train_seconds = sum(row["epoch_seconds"] for row in history)
     images = sum(row["images_per_second"] * row["epoch_seconds"] for row in history)
     counts = count_parameters(model)
-    input_shape = (splits.in_channels, *splits.image_size)
+    input_shape = (splits.in_channels, *meta["image_size"])
     metrics = {
         "model": config.model.name, "dataset": config.data.name, "seed": config.train.seed,
         "epochs": len(history), "steps": history[-1]["step"] if history else 0,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from ..config import OptimConfig, ScheduleConfig
 
@@ -22,10 +21,6 @@ def build_optimizer(params, config: OptimConfig) -> torch.optim.Optimizer:
                                weight_decay=config.weight_decay)
     optimizer = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
     return optimizer(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
-
-
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
 
 
 def lr_factor(config: ScheduleConfig, step: int, steps_per_epoch: int, total_steps: int, base_lr: float) -> float:
@@ -56,7 +51,7 @@ def build_scheduler(
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total_steps
         )
-    base_lr = optimizer.param_groups[0]["lr"]
+    base_lr = optimizer.defaults["lr"]  # optim.lr: warm-up rates are given relative to it
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(config, step, steps_per_epoch, total_steps, base_lr)
     )
