@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup browser demo test study bench clean
 
 setup: $(VENV)/.installed
 
@@ -18,8 +20,20 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/reslab demo
 
-test: setup
+# The web page's end-to-end test drives Debian's Chromium.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+test: setup browser
 	$(BIN)/python -m pytest -n 2 --durations=10
+
+study: setup
+	$(BIN)/reslab compare digits-depth
+
+bench: setup
+	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/reslab bench --models resnet20,resnet56 --batch-sizes 1,128 --precisions fp32,bf16 --json runs/bench.json
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -75,6 +75,7 @@ def cmd_demo(args) -> int:
     from .config import load
     from .report.compare import comparison_rows, write_comparison
     from .report.plots import plot_error_curves
+    from .report.report import build_report
     from .runfs import new_run_dir
     from .train.loop import train
 
@@ -92,9 +93,12 @@ def cmd_demo(args) -> int:
     table = write_comparison(rows, folder, note)
     plot_error_curves({r.metrics["model"]: r.history for r in results}, folder / "error_curves.png",
                       title="ResNet-20 vs Plain-20 on digits")
+    report = build_report([r.run_dir for r in results], folder / "report", title="ResNet-20 vs Plain-20 on digits")
     print()
     print(table)
-    print(f"\nrun folder: {folder}  (comparison.md, error_curves.png, and one folder per model)")
+    print()
+    print("\n".join(f"- {line}" for line in report.findings))
+    print(f"\nrun folder: {folder}  (comparison.md, error_curves.png, report/report.html, and one folder per model)")
     return 0
 
 
@@ -128,6 +132,99 @@ def cmd_recipes(args) -> int:
 
     print("\n".join(recipe_names()))
     return 0
+
+
+def cmd_compare(args) -> int:
+    from .report.report import build_report, summary_markdown
+    from .report.study import load_study, run_study, study_from_dict, update_study
+
+    sources = [item for item in args.items if "=" not in item]
+    overrides = [item for item in args.items if "=" in item]
+    if len(sources) > 1:
+        raise ReslabError(f"compare takes one study file, got {', '.join(sources)} (overrides are section.key=value)")
+    flags = [f"train.epochs={args.epochs}", "train.max_iters=null"] if args.epochs is not None else []
+    flags += [f"train.device={args.device}"] if args.device else []
+    flags += [f"data.root={args.data_root}"] if args.data_root else []
+    if sources:
+        study = load_study(sources[0], flags + overrides)
+    elif args.models:
+        recipe_tag = "".join(c if c.isalnum() or c in "-_." else "-" for c in (args.recipe or "default"))
+        study = study_from_dict({"recipe": args.recipe, "models": args.models}, f"compare-{recipe_tag}",
+                                flags + overrides)
+    else:
+        raise ReslabError("give a study (reslab compare STUDY.yaml, or a shipped one: digits-depth) "
+                          "or --models a,b with --recipe R")
+    study = update_study(study, models=args.models, seeds=args.seeds, datasets=args.datasets, recipe=args.recipe,
+                         out=args.out)
+    result = run_study(study, progress=not args.no_progress)
+    print(f"\nstudy {study.name}: {len(result.runs)} runs ({result.trained} trained now) in {result.seconds:.0f} s; "
+          f"run folders in {study.out}")
+    if args.no_report:
+        return 0
+    report = build_report(result.run_dirs, study.out / "report", title=f"Study {study.name}")
+    print()
+    print(summary_markdown(report.summary))
+    print()
+    print("\n".join(f"- {line}" for line in report.findings))
+    print(f"\nreport: {report.out / 'report.md'} and report.html, runs.csv, summary.csv, report.json, figures/")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report.report import build_report, load_bench, summary_markdown
+
+    bench = load_bench(args.bench) if args.bench else None
+    report = build_report(args.runs, Path(args.out), title=args.title, bench=bench)
+    print(summary_markdown(report.summary))
+    print()
+    print("\n".join(f"- {line}" for line in report.findings))
+    print(f"\nreport: {report.out / 'report.md'} and report.html, runs.csv, summary.csv, report.json, "
+          f"{len(report.figures)} figures in figures/")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .report.bench import format_bench, parse_input_sizes, run_bench, write_bench
+
+    def numbers(text: str, flag: str) -> list[int]:
+        try:
+            return [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ReslabError(f"{flag} must be numbers separated by commas, got {text!r}") from None
+
+    bench = run_bench([m.strip() for m in args.models.split(",") if m.strip()],
+                      numbers(args.batch_sizes, "--batch-sizes"), parse_input_sizes(args.input_size),
+                      [p.strip() for p in args.precisions.split(",") if p.strip()], device=args.device,
+                      num_classes=args.num_classes, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
+                      channels_last=args.channels_last, log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_bench(bench))
+    if args.json:
+        write_bench(bench, Path(args.json))
+        print(f"written: {args.json}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .inference.predict import run_predict
+
+    print(run_predict(args.checkpoint, args.images, top_k=args.top_k, style=args.format, threshold=args.threshold,
+                      explain=args.explain, target_class=args.target_class, batch_size=args.batch_size,
+                      device=args.device, note=lambda line: print(line, file=sys.stderr)))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .inference.export import export_checkpoint
+
+    print(export_checkpoint(args.checkpoint, args.format, args.output).describe())
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .inference.server import serve
+
+    return serve(args.checkpoint, host=args.host, port=args.port, top_k=args.top_k, threshold=args.threshold,
+                 max_upload_mb=args.max_upload_mb, device=args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +266,76 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipes = commands.add_parser("recipes", help="list the shipped recipes (for --config)")
     recipes.set_defaults(func=cmd_recipes)
+
+    compare = commands.add_parser(
+        "compare", help="run a study (models x datasets x seeds), resumable, then report it",
+        description="reslab compare STUDY.yaml [section.key=value ...]  or  "
+                    "reslab compare --recipe R --models a,b --seeds 0,1 --out DIR [section.key=value ...]. "
+                    "Run again after a stop: finished runs are reused, interrupted ones resumed.")
+    compare.add_argument("items", nargs="*", metavar="STUDY.yaml | section.key=value",
+                         help="a study file or shipped study (digits-depth, cifar10-depth), and overrides for every run")
+    compare.add_argument("--recipe", help="a recipe name or YAML file; {model} is replaced by each model's name")
+    compare.add_argument("--models", help="comma-separated model names")
+    compare.add_argument("--seeds", help="comma-separated training seeds (default 0)")
+    compare.add_argument("--datasets", help="comma-separated dataset names (default: the recipe's)")
+    compare.add_argument("--out", help="the study's folder (default runs/<study name>)")
+    compare.add_argument("--epochs", type=int, help="sets train.epochs for every run (and train.max_iters=null)")
+    compare.add_argument("--device", help="sets train.device")
+    compare.add_argument("--data-root", help="sets data.root")
+    compare.add_argument("--no-report", action="store_true", help="train only")
+    compare.add_argument("--no-progress", action="store_true", help="no per-run progress bar")
+    compare.set_defaults(func=cmd_compare)
+
+    report = commands.add_parser("report", help="Markdown/HTML report, CSV/JSON and figures from run folders")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, a study folder or a demo folder")
+    report.add_argument("--out", required=True, help="folder for report.md, report.html, CSV, JSON and figures/")
+    report.add_argument("--title", help="the report's title")
+    report.add_argument("--bench", metavar="JSON", help="include a reslab bench --json file")
+    report.set_defaults(func=cmd_report)
+
+    bench = commands.add_parser("bench", help="training and inference throughput, latency and peak memory")
+    bench.add_argument("--models", required=True, help="comma-separated model names")
+    bench.add_argument("--batch-sizes", default="1,128", help="comma-separated (default 1,128)")
+    bench.add_argument("--input-size", default="3,32,32", help="C,H,W; several separated by ';' (default 3,32,32)")
+    bench.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16, fp16 (GPU) (default fp32)")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--num-classes", type=int, default=10)
+    bench.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
+    bench.add_argument("--repeats", type=int, default=10, help="timed iterations; the median is reported (default 10)")
+    bench.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's)")
+    bench.add_argument("--channels-last", action="store_true")
+    bench.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
+    bench.set_defaults(func=cmd_bench)
+
+    predict = commands.add_parser("predict", help="classify image files with a trained model (top-k, Grad-CAM)")
+    predict.add_argument("checkpoint", help="a run folder (uses its best checkpoint) or a .pt file")
+    predict.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
+    predict.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
+    predict.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    predict.add_argument("--threshold", type=float,
+                         help="multi-label checkpoints: show every label over this probability (default 0.5)")
+    predict.add_argument("--explain", metavar="DIR", help="also write a Grad-CAM overlay PNG per image into DIR")
+    predict.add_argument("--class", dest="target_class", metavar="NAME",
+                         help="with --explain: explain this class (name or index), not the predicted one")
+    predict.add_argument("--batch-size", type=int, default=256)
+    predict.add_argument("--device", default="auto")
+    predict.set_defaults(func=cmd_predict)
+
+    export = commands.add_parser("export", help="export to ONNX, TorchScript or safetensors, with a parity check")
+    export.add_argument("checkpoint", help="a run folder (uses its best checkpoint) or a .pt file")
+    export.add_argument("--format", choices=("onnx", "torchscript", "safetensors"), required=True)
+    export.add_argument("--output", help="file to write (default: the run's name with .onnx, .pt or .safetensors, here)")
+    export.set_defaults(func=cmd_export)
+
+    serve = commands.add_parser("serve", help="a local web page: upload an image, see predictions and Grad-CAM")
+    serve.add_argument("checkpoint", help="a run folder (uses its best checkpoint) or a .pt file")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--top-k", type=int, default=5)
+    serve.add_argument("--threshold", type=float, default=0.5, help="multi-label checkpoints: a label counts over this")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted (default 10)")
+    serve.add_argument("--device", default="auto")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

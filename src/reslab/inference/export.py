@@ -1,0 +1,222 @@
+"""Export a checkpoint for use outside reslab: ONNX (any batch size) and TorchScript, each
+checked against PyTorch on fresh inputs, and safetensors weights with a JSON of what is
+needed to rebuild and feed the model (architecture, classes, image size, mean/std)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import ReslabError
+from .predict import load_model
+
+EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+PARITY_TOLERANCE = 1e-4  # max abs difference of logits allowed between PyTorch and the export
+ONNX_OPSET = 18
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: float
+    extra_files: list[Path] = field(default_factory=list)
+
+    def describe(self) -> str:
+        lines = [f"written: {self.path}"] + [f"written: {extra}" for extra in self.extra_files]
+        lines.append(f"parity with PyTorch: max abs difference of logits {self.max_abs_diff:.3g} "
+                     f"(tolerance {PARITY_TOLERANCE:g})")
+        return "\n".join(lines)
+
+
+def export_metadata(meta: dict) -> dict:
+    """What a user of the exported file needs to rebuild the network and prepare its inputs."""
+    return {
+        "architecture": meta["model"], "model_options": meta.get("model_options", {}),
+        "num_classes": meta["num_classes"], "in_channels": meta["in_channels"], "classes": meta["classes"],
+        "image_size": meta["image_size"], "mean": meta["mean"], "std": meta["std"],
+        "task": meta.get("task", "single-label"), "dataset": meta.get("dataset"), "reslab_version": __version__,
+        "input": "float32 (N, C, H, W): pixels / 255, minus mean, divided by std, per channel",
+        "output": "logits (N, classes): softmax for single-label, sigmoid for multi-label",
+    }
+
+
+def default_output(checkpoint: Path, format: str) -> Path:
+    checkpoint = Path(checkpoint)
+    stem = checkpoint.name if checkpoint.is_dir() else checkpoint.stem
+    return Path(stem + EXPORT_FORMATS[format])
+
+
+def export_checkpoint(checkpoint: Path | str, format: str, output: Path | str | None = None) -> ExportResult:
+    if format not in EXPORT_FORMATS:
+        raise ReslabError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
+    model, meta = load_model(checkpoint, "cpu")
+    output = Path(output) if output is not None else default_output(Path(checkpoint), format)
+    if output.is_dir():
+        example = output / default_output(Path(checkpoint), format)
+        raise ReslabError(f"--output {output} is a folder; give a file name, e.g. {example}")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReslabError(f"cannot create the folder of {output}: {exc.strerror}") from None
+    exporter = {"onnx": export_onnx, "torchscript": export_torchscript, "safetensors": export_safetensors}[format]
+    return exporter(model, meta, output)
+
+
+def example_inputs(meta: dict, batch: int, seed: int) -> torch.Tensor:
+    """Normalised-looking inputs (zero mean, unit variance) of the checkpoint's shape."""
+    height, width = meta["image_size"]
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, meta["in_channels"], height, width, generator=generator)
+
+
+def check_parity(reference: Callable[[torch.Tensor], np.ndarray], exported: Callable[[torch.Tensor], np.ndarray],
+                 meta: dict, what: str) -> float:
+    """Max abs difference of the two on batches of 1 and 3 (neither the batch size traced
+    with, so a batch axis baked in by mistake fails too); a ReslabError over the tolerance."""
+    worst = 0.0
+    for batch, seed in ((1, 1), (3, 2)):
+        inputs = example_inputs(meta, batch, seed)
+        expected, got = reference(inputs), exported(inputs)
+        if expected.shape != got.shape:
+            raise ReslabError(f"{what} gives outputs of shape {got.shape} for a batch of {batch}; "
+                              f"PyTorch gives {expected.shape}")
+        worst = max(worst, float(np.abs(expected - got).max()))
+    if not worst <= PARITY_TOLERANCE:  # also catches NaN
+        raise ReslabError(f"{what} disagrees with PyTorch: max abs difference of logits {worst:.3g} > "
+                          f"{PARITY_TOLERANCE:g}; the exported file is not to be trusted")
+    return worst
+
+
+def _torch_reference(model: nn.Module) -> Callable[[torch.Tensor], np.ndarray]:
+    @torch.inference_mode()
+    def run(inputs: torch.Tensor) -> np.ndarray:
+        return model(inputs).float().numpy()
+
+    return run
+
+
+def _staged(output: Path, write: Callable[[Path], None]) -> Path:
+    """Write through ``write`` to a temporary file beside ``output``; the caller moves it into
+    place once checked (so a failed export never leaves a file that looks good)."""
+    # Not mkstemp: the file should get the user's usual permissions, not 0600.
+    tmp = output.parent / f".{output.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        write(tmp)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ReslabError(f"cannot write {output}: {exc.strerror or exc}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _finish(tmp: Path, output: Path, check: Callable[[Path], float]) -> float:
+    try:
+        difference = check(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, output)
+    return difference
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+def export_onnx(model: nn.Module, meta: dict, output: Path) -> ExportResult:
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise ReslabError(f"ONNX export needs the packages onnx, onnxscript and onnxruntime "
+                          f"(pip install onnx onnxscript onnxruntime): {exc}") from None
+
+    def write(path: Path) -> None:
+        # torch.export-based exporter; the batch axis is symbolic so any batch size runs.
+        try:
+            torch.onnx.export(model, (example_inputs(meta, 2, 0),), str(path), input_names=["images"],
+                              output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                              opset_version=ONNX_OPSET, external_data=False, verbose=False)
+        except ImportError as exc:
+            raise ReslabError(f"ONNX export needs onnxscript (pip install onnxscript): {exc}") from None
+        exported = onnx.load(str(path))
+        for key, value in export_metadata(meta).items():  # readable by any ONNX runtime's metadata API
+            entry = exported.metadata_props.add()
+            entry.key, entry.value = key, json.dumps(value)
+        onnx.save(exported, str(path))
+
+    def check(path: Path) -> float:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return check_parity(_torch_reference(model), lambda x: session.run(None, {"images": x.numpy()})[0],
+                            meta, "the ONNX model (ONNX Runtime)")
+
+    difference = _finish(_staged(output, write), output, check)
+    return ExportResult(output, "onnx", difference)
+
+
+# ---------------------------------------------------------------- TorchScript
+
+
+def export_torchscript(model: nn.Module, meta: dict, output: Path) -> ExportResult:
+    def write(path: Path) -> None:
+        with warnings.catch_warnings():
+            # PyTorch 2.14 marks TorchScript deprecated; the format is still what C++/mobile users load.
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            traced = torch.jit.trace(model, example_inputs(meta, 2, 0))
+            torch.jit.save(traced, str(path), _extra_files={"reslab.json": json.dumps(export_metadata(meta))})
+
+    def check(path: Path) -> float:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loaded = torch.jit.load(str(path), map_location="cpu")
+        return check_parity(_torch_reference(model), _torch_reference(loaded), meta, "the TorchScript model")
+
+    difference = _finish(_staged(output, write), output, check)
+    return ExportResult(output, "torchscript", difference)
+
+
+# ---------------------------------------------------------------- safetensors
+
+
+def metadata_path(output: Path) -> Path:
+    return output.with_suffix(".json")
+
+
+def export_safetensors(model: nn.Module, meta: dict, output: Path) -> ExportResult:
+    from safetensors.torch import load_file, save_file
+
+    if output.suffix == ".json":
+        raise ReslabError(f"--output {output}: the metadata goes to a .json beside the weights; "
+                          "give the weights another suffix (.safetensors)")
+    state = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
+
+    def check(path: Path) -> float:
+        # Rebuild the network from the metadata alone, as a user would, and compare outputs.
+        from ..evaluate.runner import load_weights
+        from ..train.loop import build_model
+
+        info = export_metadata(meta)
+        rebuilt = build_model({"model": info["architecture"], "num_classes": info["num_classes"],
+                               "in_channels": info["in_channels"], "model_options": info["model_options"]})
+        load_weights(rebuilt, load_file(str(path)), path)
+        return check_parity(_torch_reference(model), _torch_reference(rebuilt.eval()), meta, "the safetensors weights")
+
+    weights = _staged(output, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+    difference = _finish(weights, output, check)
+    text = json.dumps(export_metadata(meta), indent=2) + "\n"
+    os.replace(_staged(metadata_path(output), lambda path: path.write_text(text)), metadata_path(output))
+    return ExportResult(output, "safetensors", difference, [metadata_path(output)])

@@ -1,0 +1,265 @@
+"""Predictions on image files: read them as the checkpoint's training data looked (channels,
+size, per-channel normalisation), run the model in batches, and report the top-k classes,
+or for a multi-label checkpoint every label whose sigmoid is over a threshold."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
+
+from ..errors import ReslabError
+
+# Suffixes looked for inside folders; a file named on the command line is tried whatever its name.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+# Refuse images larger than this before decoding them (a small file can declare a huge canvas).
+MAX_PIXELS = 50_000_000
+FORMATS = ("table", "csv", "json")
+
+
+@dataclass
+class LoadedImages:
+    images: torch.Tensor  # (N, C, H, W) uint8, at the checkpoint's image size
+    names: list[str]  # one per image, as the user named it
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
+
+
+# ---------------------------------------------------------------- the model
+
+
+def load_model(checkpoint: Path | str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """The network of a run folder or .pt file, in eval mode on ``device``, and its meta."""
+    from ..evaluate.runner import load_weights
+    from ..train.checkpoint import load_checkpoint
+    from ..train.device import resolve_device
+    from ..train.loop import build_model
+
+    state = load_checkpoint(Path(checkpoint))
+    meta = state["meta"]
+    model = build_model(meta)
+    load_weights(model, state["model"], checkpoint)
+    device = resolve_device(device) if isinstance(device, str) else device
+    return model.to(device).eval(), meta
+
+
+def is_multi_label(meta: dict) -> bool:
+    return meta.get("task", "single-label") == "multi-label"
+
+
+# ---------------------------------------------------------------- images
+
+
+def expand_paths(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given, folders as the images inside them (recursively, sorted), globs as
+    their matches; and the specs that gave nothing, with why."""
+    paths, problems = [], []
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+            empty = "folder holds no image files"
+        elif path.exists():
+            found, empty = [path], ""
+        elif glob.has_magic(spec):
+            found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+            empty = "no file matches this pattern"
+        else:
+            found, empty = [], "no such file or folder"
+        paths.extend(found)
+        if not found:
+            problems.append((spec, empty))
+    return paths, problems
+
+
+def decode_image(data: bytes, meta: dict) -> torch.Tensor:
+    """Image bytes as a (C, H, W) uint8 tensor: grey (L) for a 1-channel checkpoint, RGB for
+    a 3-channel one, resized to its image size. A ReslabError says why bytes are refused."""
+    channels = meta["in_channels"]
+    if channels not in (1, 3):
+        raise ReslabError(f"the checkpoint takes {channels}-channel images; image files can feed 1 (grey) or 3 (RGB)")
+    height, width = meta["image_size"]
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise ReslabError(f"image of {image.width}x{image.height} pixels is larger than the "
+                                  f"{MAX_PIXELS:,} pixels accepted")
+            image = ImageOps.exif_transpose(image)  # phone photos: rotate as displayed
+            image = image.convert("L" if channels == 1 else "RGB")
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
+            array = np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise ReslabError("not an image file Pillow can read (PNG, JPEG, BMP, GIF, TIFF, WebP, ...)") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt image data
+        raise ReslabError(f"damaged image data ({str(exc).splitlines()[0][:120] or type(exc).__name__})") from None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def load_images(specs: list[str], meta: dict) -> LoadedImages:
+    """Read every image that ``specs`` (files, folders, globs) names.
+
+    Unreadable ones are skipped (listed in ``skipped``) as long as one image is good;
+    when none is, a ReslabError names the first problem.
+    """
+    paths, skipped = expand_paths(specs)
+    images, names = [], []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            skipped.append((str(path), f"cannot read it: {exc.strerror}"))
+            continue
+        try:
+            images.append(decode_image(data, meta))
+        except ReslabError as exc:
+            skipped.append((str(path), str(exc)))
+            continue
+        names.append(str(path))
+    if not images:
+        if not skipped:
+            raise ReslabError("no images given")
+        listed = "; ".join(f"{what}: {why}" for what, why in skipped[:3])
+        more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        raise ReslabError(f"no image to predict: {listed}{more}")
+    return LoadedImages(torch.stack(images), names, skipped)
+
+
+def normalise(images: torch.Tensor, meta: dict, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float, normalised with the checkpoint's per-channel mean/std,
+    with the same operations as the training loader (so the logits are the same)."""
+    channels = images.shape[1]
+    offset = torch.tensor(meta["mean"], device=device).mul(255).view(1, channels, 1, 1)
+    scale = torch.tensor(meta["std"], device=device).mul(255).reciprocal().view(1, channels, 1, 1)
+    return images.to(device).float().sub_(offset).mul_(scale)
+
+
+# ---------------------------------------------------------------- predictions
+
+
+@torch.inference_mode()
+def probabilities(model: nn.Module, meta: dict, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """(N, classes) on the CPU: softmax for a single-label checkpoint, sigmoid for multi-label."""
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    for chunk in images.split(batch_size):
+        logits = model(normalise(chunk, meta, device)).float()
+        outputs.append(torch.sigmoid(logits) if is_multi_label(meta) else torch.softmax(logits, 1))
+    return torch.cat(outputs).cpu()
+
+
+def rank_classes(probs: torch.Tensor, meta: dict, top_k: int = 5, threshold: float = 0.5) -> list[list[dict]]:
+    """Per image, the classes to report, most probable first: the top ``top_k``
+    (single-label) or every label over ``threshold`` (multi-label)."""
+    classes = meta["classes"]
+    ranked = []
+    for row in probs:
+        values, indices = row.sort(descending=True)
+        if is_multi_label(meta):
+            keep = values > threshold
+            values, indices = values[keep], indices[keep]
+        else:
+            values, indices = values[:top_k], indices[:top_k]
+        ranked.append([{"class": classes[i], "index": int(i), "probability": float(p)}
+                       for p, i in zip(values.tolist(), indices.tolist())])
+    return ranked
+
+
+def predict_images(model: nn.Module, meta: dict, loaded: LoadedImages, top_k: int = 5, threshold: float = 0.5,
+                   batch_size: int = 256) -> list[dict]:
+    """One result per image: ``{"image": name, "predictions": [{"class", "index", "probability"}, ...]}``."""
+    ranked = rank_classes(probabilities(model, meta, loaded.images, batch_size), meta, top_k, threshold)
+    return [{"image": name, "predictions": classes} for name, classes in zip(loaded.names, ranked)]
+
+
+def format_results(results: list[dict], meta: dict, style: str, threshold: float | None = None) -> str:
+    if style == "json":
+        summary = {"model": meta["model"], "task": meta.get("task", "single-label"), "results": results}
+        if threshold is not None:
+            summary["threshold"] = threshold
+        return json.dumps(summary, indent=2)
+    rows = [(result["image"], rank, p["class"], p["index"], p["probability"])
+            for result in results for rank, p in enumerate(result["predictions"], 1)]
+    if style == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["image", "rank", "class", "index", "probability"])
+        writer.writerows([(image, rank, name, index, f"{p:.6f}") for image, rank, name, index, p in rows])
+        return buffer.getvalue().rstrip("\n")
+    return _table(results, threshold)
+
+
+def _table(results: list[dict], threshold: float | None) -> str:
+    lines = []
+    for result in results:
+        if not result["predictions"]:
+            lines.append((result["image"], "", f"(no label over {threshold})", ""))
+        for rank, p in enumerate(result["predictions"], 1):
+            lines.append((result["image"] if rank == 1 else "", str(rank), p["class"], f"{p['probability']:.4f}"))
+    header = ("image", "rank", "class", "probability")
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(4)]
+    text = [f"{header[0]:<{widths[0]}}  {header[1]:>{widths[1]}}  {header[2]:<{widths[2]}}  {header[3]:>{widths[3]}}"]
+    for image, rank, name, probability in lines:
+        text.append(f"{image:<{widths[0]}}  {rank:>{widths[1]}}  {name:<{widths[2]}}  {probability:>{widths[3]}}")
+    return "\n".join(text)
+
+
+def class_index(meta: dict, name: str) -> int:
+    """A class given by name, or failing that by index."""
+    classes = meta["classes"]
+    if name in classes:
+        return classes.index(name)
+    if name.lstrip("-").isdigit() and 0 <= int(name) < len(classes):
+        return int(name)
+    shown = ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")
+    raise ReslabError(f"unknown class {name!r}; the checkpoint's classes are {shown} "
+                      f"(or an index 0..{len(classes) - 1})")
+
+
+# ---------------------------------------------------------------- the command
+
+
+def run_predict(checkpoint: str, specs: list[str], top_k: int = 5, style: str = "table",
+                threshold: float | None = None, explain: str | None = None, target_class: str | None = None,
+                batch_size: int = 256, device: str = "auto", note=print) -> str:
+    """What ``reslab predict`` prints. Skipped inputs and where overlays went are told
+    through ``note`` (stderr in the CLI, so stdout stays clean CSV or JSON)."""
+    if style not in FORMATS:
+        raise ReslabError(f"--format must be one of {', '.join(FORMATS)}, got {style!r}")
+    if top_k < 1:
+        raise ReslabError(f"--top-k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise ReslabError(f"--batch-size must be at least 1, got {batch_size}")
+    if target_class is not None and explain is None:
+        raise ReslabError("--class chooses the class Grad-CAM explains; add --explain DIR")
+    model, meta = load_model(checkpoint, device)
+    if threshold is not None and not is_multi_label(meta):
+        raise ReslabError(f"--threshold is for multi-label checkpoints; {checkpoint} is single-label (use --top-k)")
+    if is_multi_label(meta):
+        threshold = 0.5 if threshold is None else threshold
+        if not 0.0 <= threshold <= 1.0:
+            raise ReslabError(f"--threshold must be between 0 and 1, got {threshold}")
+    target = class_index(meta, target_class) if target_class is not None else None
+
+    loaded = load_images(specs, meta)
+    for what, why in loaded.skipped:
+        note(f"reslab: warning: skipped {what}: {why}")
+    results = predict_images(model, meta, loaded, top_k, threshold if threshold is not None else 0.5, batch_size)
+    text = format_results(results, meta, style, threshold)
+    if explain is not None:
+        from .gradcam import write_overlays
+
+        written = write_overlays(model, meta, loaded, Path(explain), target, batch_size)
+        note(f"Grad-CAM overlays: {len(written)} PNG files in {explain}")
+    return text

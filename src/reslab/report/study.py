@@ -1,0 +1,293 @@
+"""Comparative studies: models x datasets x variants x seeds, one training each, in turn.
+
+A study is data, from a YAML file or from flags::
+
+    name: cifar10-depth
+    recipe: paper-cifar10-{model}     # a recipe name or YAML path; {model}/{dataset} filled in per run
+    models: [resnet20, plain20]
+    seeds: [0, 1, 2]
+    datasets: [cifar10]               # optional: default the recipe's
+    overrides: [train.epochs=10]      # section.key=value, applied to every run
+    variants: {sgd: [], adam: [optim.name=adam, optim.lr=0.001]}   # optional, one more axis
+    out: runs/cifar10-depth
+
+Every run has a fixed folder, ``<out>/<model>-<dataset>[-<variant>]-seed<k>``, so a study
+that is stopped and started again picks up where it was: a finished run (metrics.json)
+is read back, an interrupted one (config.yaml and a checkpoint, no metrics.json) resumes
+from its last checkpoint, one stopped before its first checkpoint starts again in its
+folder, and only runs never started are trained from scratch. A run folder whose saved
+config differs from what the study now asks for is refused, never silently reused.
+``<out>/study.json`` lists the runs and their status.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from ..config import RunConfig, load
+from ..errors import ReslabError
+from ..models import create_model
+from ..runfs import atomic_write_json
+from ..train.checkpoint import epoch_checkpoints
+from ..train.loop import RunResult, load_result, load_run_config, resolve_augmentation, train
+
+STUDY_KEYS = ("name", "recipe", "models", "seeds", "datasets", "overrides", "variants", "out")
+
+# Config keys that may differ between a study's first start and its restart without
+# making a finished run a different experiment (where it ran, not what it learned).
+IGNORED_ON_RESTART = {("output", "dir"), ("output", "name"), ("output", "plots"), ("output", "keep_last"),
+                      ("train", "device"), ("train", "threads"), ("data", "root"), ("data", "download")}
+
+
+@dataclass
+class Study:
+    models: list[str]
+    recipe: str | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    datasets: list[str | None] = field(default_factory=lambda: [None])  # None: the recipe's dataset
+    overrides: list[str] = field(default_factory=list)
+    variants: dict[str, list[str]] = field(default_factory=dict)  # {} : one unnamed variant
+    out: Path = Path("runs/study")
+    name: str = "study"
+
+
+@dataclass
+class PlannedRun:
+    name: str  # the run folder's name
+    model: str
+    dataset: str
+    seed: int
+    variant: str | None
+    config: RunConfig
+    run_dir: Path
+
+
+@dataclass
+class StudyResult:
+    study: Study
+    runs: list[PlannedRun]
+    results: list[RunResult]
+    trained: int  # runs trained (from scratch or resumed) by this call
+    seconds: float
+
+    @property
+    def run_dirs(self) -> list[Path]:
+        return [run.run_dir for run in self.runs]
+
+
+# ---------------------------------------------------------------- reading a study
+
+
+def study_names() -> list[str]:
+    folder = resources.files("reslab") / "recipes" / "studies"
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_study(source: str | Path, overrides: list[str] | None = None) -> Study:
+    """A study from a YAML file or a shipped study name (``digits-depth``); ``overrides`` go last."""
+    path = Path(source)
+    if path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ReslabError(f"study file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        default_name = path.stem
+    else:
+        shipped = resources.files("reslab") / "recipes" / "studies" / f"{source}.yaml"
+        if str(source).endswith((".yaml", ".yml")) or not shipped.is_file():
+            names = ", ".join(study_names()) or "none"
+            raise ReslabError(f"study {str(source)!r} is neither a file nor a shipped study (shipped: {names})")
+        data = yaml.safe_load(shipped.read_text())
+        default_name = str(source)
+    return study_from_dict(data or {}, default_name, overrides)
+
+
+def study_from_dict(data: dict, default_name: str = "study", overrides: list[str] | None = None) -> Study:
+    if not isinstance(data, dict):
+        raise ReslabError("a study must be a mapping with at least models: and recipe:")
+    unknown = sorted(set(data) - set(STUDY_KEYS))
+    if unknown:
+        raise ReslabError(f"unknown study key {unknown[0]!r}; a study has {', '.join(STUDY_KEYS)}")
+    if not data.get("models"):
+        raise ReslabError("a study needs models: a list of model names (e.g. [resnet20, plain20])")
+    name = str(data.get("name") or default_name)
+    variants = data.get("variants") or {}
+    if not isinstance(variants, dict) or not all(isinstance(v, (list, type(None))) for v in variants.values()):
+        raise ReslabError("study key 'variants' must map a name to a list of section.key=value overrides")
+    return Study(
+        models=_names(data["models"], "models"),
+        recipe=data.get("recipe"),
+        seeds=_ints(data.get("seeds", [0]), "seeds"),
+        datasets=_names(data["datasets"], "datasets") if data.get("datasets") else [None],
+        overrides=[str(o) for o in (data.get("overrides") or [])] + list(overrides or []),
+        variants={str(k): [str(o) for o in (v or [])] for k, v in variants.items()},
+        out=Path(data.get("out") or Path("runs") / name),
+        name=name,
+    )
+
+
+def update_study(study: Study, models=None, seeds=None, datasets=None, recipe=None, out=None) -> Study:
+    """``study`` with the fields given (command-line flags: "a,b" strings or lists) replaced."""
+    if models is not None:
+        study.models = _names(models, "models")
+    if seeds is not None:
+        study.seeds = _ints(seeds, "seeds")
+    if datasets is not None:
+        study.datasets = _names(datasets, "datasets")
+    if recipe is not None:
+        study.recipe = recipe
+    if out is not None:
+        study.out = Path(out)
+    return study
+
+
+def _names(value, key: str) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ReslabError(f"study key {key!r} must be a list, e.g. [a, b]")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _ints(value, key: str) -> list[int]:
+    try:
+        return [int(v) for v in (_names(value, key) if not isinstance(value, int) else [value])]
+    except ValueError:
+        raise ReslabError(f"study key {key!r} must be a list of integers, got {value!r}") from None
+
+
+# ---------------------------------------------------------------- planning
+
+
+def plan(study: Study) -> list[PlannedRun]:
+    """Every run's config and folder, built (and validated) before anything trains."""
+    for model in dict.fromkeys(study.models):
+        create_model(model)  # an unknown name or a bad depth fails now, not after hours of other runs
+    runs = []
+    variants = study.variants.items() if study.variants else [(None, [])]
+    for dataset in study.datasets:
+        for variant, variant_overrides in variants:
+            for model in study.models:
+                for seed in study.seeds:
+                    recipe = study.recipe.format(model=model, dataset=dataset or "") if study.recipe else None
+                    overrides = [*study.overrides, *variant_overrides, f"model.name={model}", f"train.seed={seed}"]
+                    if dataset is not None:
+                        overrides.append(f"data.name={dataset}")
+                    config = load(recipe, overrides)
+                    name = "-".join(p for p in (model, config.data.name, variant) if p) + f"-seed{seed}"
+                    config.output.dir = str(study.out)
+                    config.output.name = name
+                    runs.append(PlannedRun(name, model, config.data.name, seed, variant, config, study.out / name))
+    names = [run.name for run in runs]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise ReslabError(f"the study lists run {duplicate!r} twice; check models, seeds and variants")
+    return runs
+
+
+def run_state(run_dir: Path) -> str:
+    """``new``; ``finished`` (metrics.json); ``interrupted`` (a checkpoint to resume from);
+    ``started`` (config.yaml but stopped before its first checkpoint: it starts again in place)."""
+    if not run_dir.exists():
+        return "new"
+    if (run_dir / "metrics.json").is_file():
+        return "finished"
+    if not (run_dir / "config.yaml").is_file():
+        if not any(run_dir.iterdir()):
+            return "new"  # an empty folder: nothing to lose
+        raise ReslabError(f"{run_dir} is in the study's place but is not a reslab run folder (no config.yaml); "
+                          "move it away and run the study again")
+    if (run_dir / "checkpoints" / "last.pt").is_file() or epoch_checkpoints(run_dir):
+        return "interrupted"
+    return "started"
+
+
+# ---------------------------------------------------------------- running
+
+
+def run_study(study: Study, progress: bool = True, log=None) -> StudyResult:
+    """Train every run of ``study`` that is not finished yet, one after the other."""
+    log = log or (lambda line: print(line, flush=True))
+    runs = plan(study)
+    try:
+        study.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReslabError(f"cannot create study folder {study.out}: {exc.strerror}") from None
+    started = time.perf_counter()
+    results, trained, statuses = [], 0, {}
+    for index, run in enumerate(runs, 1):
+        state = run_state(run.run_dir)
+        if state != "new":
+            _check_unchanged(run)
+        what = {"new": "training", "finished": "finished, reused", "interrupted": "interrupted, resuming",
+                "started": "stopped before its first checkpoint, starting again"}[state]
+        log(f"run {index}/{len(runs)}: {run.name} ({what})")
+        statuses[run.name] = "running"
+        _write_manifest(study, runs, statuses)
+        run_started = time.perf_counter()
+        try:
+            if state == "finished":
+                result = load_result(run.run_dir)
+            elif state == "new":
+                if run.run_dir.exists():
+                    run.run_dir.rmdir()
+                result = train(copy.deepcopy(run.config), progress=progress)
+                trained += 1
+            else:
+                result = train(load_run_config(run.run_dir), resume=run.run_dir, progress=progress)
+                trained += 1
+        except BaseException:
+            statuses[run.name] = "stopped"
+            _write_manifest(study, runs, statuses)
+            log(f"study stopped at run {index}/{len(runs)} ({run.name}); the finished runs are kept: "
+                "run the same command again to continue")
+            raise
+        results.append(result)
+        statuses[run.name] = "finished"
+        _write_manifest(study, runs, statuses)
+        if state != "finished":
+            test = result.metrics["test"]
+            log(f"run {index}/{len(runs)}: {run.name} done in {time.perf_counter() - run_started:.1f} s, "
+                f"test error {100 * (1 - test['accuracy']):.2f}%  (study time {_clock(time.perf_counter() - started)})")
+    return StudyResult(study, runs, results, trained, time.perf_counter() - started)
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def _check_unchanged(run: PlannedRun) -> None:
+    """Refuse to reuse a run folder that was trained with another config than the study asks for."""
+    saved = load_run_config(run.run_dir).to_dict()
+    wanted = copy.deepcopy(run.config)
+    resolve_augmentation(wanted)  # the saved config has the dataset's defaults filled in
+    wanted = wanted.to_dict()
+    for section, values in wanted.items():
+        for key, value in values.items():
+            if (section, key) in IGNORED_ON_RESTART:
+                continue
+            before = saved.get(section, {}).get(key)
+            if before != value:
+                raise ReslabError(
+                    f"{run.run_dir} was trained with {section}.{key}={before!r} but the study now asks for "
+                    f"{value!r}; move that folder away or give the study another out: folder")
+
+
+def _write_manifest(study: Study, runs: list[PlannedRun], statuses: dict[str, str]) -> None:
+    atomic_write_json(study.out / "study.json", {
+        "name": study.name, "recipe": study.recipe, "models": study.models, "seeds": study.seeds,
+        "datasets": study.datasets, "overrides": study.overrides, "variants": study.variants,
+        "command": " ".join(sys.argv),
+        "runs": [{"name": r.name, "model": r.model, "dataset": r.dataset, "seed": r.seed, "variant": r.variant,
+                  "status": statuses.get(r.name, "pending")} for r in runs],
+    })
