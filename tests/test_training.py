@@ -123,8 +123,36 @@ def test_same_seed_same_result_different_seed_different(tmp_path):
     ("model.shortcut=B", "model.grad_checkpointing=true", "schedule.name=multistep",
      "schedule.milestones=[1]", "schedule.unit=epoch"),
     ("data.val_size=0",),
+    ("train.ema=0.9", "train.tta=true", "train.label_smoothing=0.1"),
 ])
 def test_training_variants_learn(tmp_path, overrides):
     result = train(quick_config(tmp_path, "train.epochs=3", *overrides), progress=False)
     assert result.metrics["test"]["accuracy"] > 0.5  # chance is 0.1
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_ema_weights_are_what_is_evaluated_and_resumed(tmp_path):
+    result = train(quick_config(tmp_path, "train.ema=0.5", "train.epochs=2"), progress=False)
+    state = load_checkpoint(epoch_checkpoints(result.run_dir)[-1])
+    best = load_checkpoint(result.run_dir / "checkpoints" / "best.pt")
+    averaged = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    raw = state["model"]
+    assert not torch.equal(averaged["fc.weight"], raw["fc.weight"])
+    if best["epoch"] == 2:
+        assert torch.equal(best["model"]["fc.weight"], averaged["fc.weight"])
+
+
+def test_flip_tta_averages_an_image_and_its_mirror():
+    from reslab.data import DeviceLoader
+    from reslab.data.arrays import ArrayDataset
+    from reslab.models import create_model
+    from reslab.train.loop import predict
+
+    model = create_model("resnet8", in_channels=1).eval()
+    data = ArrayDataset(torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8), torch.arange(6))
+    loader = DeviceLoader(data, 4, "cpu", [0.5], [0.25], train=False)
+    plain, _ = predict(model, loader, torch.device("cpu"))
+    mirrored = DeviceLoader(ArrayDataset(data.images.flip(3), data.labels), 4, "cpu", [0.5], [0.25], train=False)
+    flipped, _ = predict(model, mirrored, torch.device("cpu"))
+    both, _ = predict(model, loader, torch.device("cpu"), flip=True)
+    assert torch.allclose(both, (plain + flipped) / 2, atol=1e-5)

@@ -8,7 +8,8 @@ import torchvision
 from conftest import quick_config
 from reslab import ReslabError
 from reslab.train.checkpoint import load_checkpoint
-from reslab.train.loop import IMAGENET_STATS, train
+from reslab.data.sources import IMAGENET_STATS
+from reslab.train.loop import train
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits, cifar10, cifar100, mnist, fashion-mnist, kmnist
+    name: str = "digits"  # digits, cifar10, cifar100, mnist, fashion-mnist, kmnist; folder, imagenet, coco
     root: str = "data"  # where the dataset files are, or go when downloaded
     download: bool = True  # fetch a missing dataset (needs the network)
     val_size: float = 0.1  # held out of the training set: a fraction, or a count if >= 1
@@ -41,8 +41,17 @@ class DataConfig:
     split_seed: int = 0  # the train/val/test split; fixed across training seeds so runs compare
     # auto: the pretrained weights' own (imagenet for torchvision, inception [-1, 1] for Keras .h5), else dataset
     normalization: str = "auto"  # auto, dataset (train split's mean/std), imagenet, inception, none
-    image_size: int | None = None  # resize (bilinear) to this square size, e.g. 224 for ImageNet backbones
+    image_size: int | None = None  # the model's square input: in-memory data is resized to it (e.g. 224 for
+    #                                ImageNet backbones); file data is cropped to it (None: 224, COCO 448)
     channels: int | None = None  # 3 repeats grayscale images into RGB (for RGB-pretrained backbones)
+    # File datasets (folder, imagenet, coco):
+    resize_size: int | None = None  # evaluation: resize the shorter side to this, then centre crop (None: size/0.875)
+    center_crop: bool | None = None  # evaluation: centre crop, or squash the whole image (None: dataset's; COCO squashes)
+    coco_year: int = 2017  # 2014 or 2017
+    keep_unannotated: bool = False  # COCO: keep images with no annotation (all-negative targets)
+    strict: bool = False  # decode every file before training and refuse the dataset at the first bad one
+    workers: int | None = None  # loader processes per loader; None: from the CPUs available
+    decoder: str = "auto"  # auto (torchvision, measured faster here), torchvision, pil
 
 
 @dataclass
@@ -51,6 +60,14 @@ class AugmentConfig:
     hflip: bool | None = None  # random horizontal flip (paper: on for CIFAR; off for digits)
     rotation: float = 0.0  # random rotation, +/- degrees (report 000 used it)
     scale: float = 0.0  # random zoom, +/- this fraction
+    # File datasets:
+    random_resized_crop: float | None = None  # smallest crop area fraction (0.08); 0 off; None: dataset's
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength
+    auto_augment: str = "none"  # none, trivial (TrivialAugment), rand (RandAugment), auto (AutoAugment)
+    random_erasing: float = 0.0  # probability
+    # Any dataset, single- or multi-label (batch transforms):
+    mixup: float = 0.0  # Beta(alpha, alpha); 0 off
+    cutmix: float = 0.0  # Beta(alpha, alpha); 0 off (both on: one of them per batch)
 
 
 @dataclass
@@ -86,14 +103,18 @@ class TrainConfig:
     batch_size: int = 128
     eval_batch_size: int = 512
     label_smoothing: float = 0.0
+    loss: str = "auto"  # auto (cross-entropy; multi-label: bce), cross_entropy, bce, asymmetric (Ridnik et al. 2021)
+    threshold: float = 0.5  # multi-label: a label is predicted when its sigmoid is over this
     seed: int = 0
     deterministic: bool = False  # bitwise-repeatable kernels (slower on GPU)
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
-    precision: str = "fp32"  # fp32, bf16 (autocast), fp16 (autocast + GradScaler, GPU)
+    precision: str = "fp32"  # fp32, bf16 (autocast), fp16 (autocast + GradScaler, GPU), auto (fastest native)
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
     threads: int | None = None  # CPU intra-op threads; None leaves PyTorch's default
     sync_bn: bool = False  # batch-norm statistics over the global batch of all processes
+    ema: float | None = None  # keep an exponential moving average of the weights (decay, e.g. 0.999); evaluate it
+    tta: bool = False  # test-time augmentation: average the logits of each image and its mirror image
 
 
 @dataclass
@@ -125,13 +146,17 @@ class RunConfig:
 
 CHOICES = {
     "model.shortcut": ("A", "B"),
-    "data.name": ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "kmnist"),
+    "data.name": ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "kmnist", "folder", "imagenet", "coco"),
+    "data.decoder": ("auto", "torchvision", "pil"),
+    "data.coco_year": (2014, 2017),
+    "augment.auto_augment": ("none", "trivial", "rand", "auto"),
+    "train.loss": ("auto", "cross_entropy", "bce", "asymmetric"),
     "data.normalization": ("auto", "dataset", "imagenet", "inception", "none"),
     "optim.name": ("sgd", "adam", "adamw"),
     "schedule.name": ("multistep", "cosine", "onecycle", "constant"),
     "schedule.unit": ("iter", "epoch"),
     "schedule.warmup": ("none", "constant", "linear"),
-    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.precision": ("fp32", "bf16", "fp16", "auto"),
 }
 
 
@@ -281,11 +306,21 @@ def validate(config: RunConfig) -> RunConfig:
         ("train.epochs", config.train.epochs is not None or config.train.max_iters is not None,
          "or train.max_iters must be set"),
         ("train.label_smoothing", 0 <= config.train.label_smoothing < 1, "must be in [0, 1)"),
+        ("train.ema", config.train.ema is None or 0 < config.train.ema < 1, "must be in (0, 1)"),
         ("train.threads", config.train.threads is None or config.train.threads >= 1, "must be at least 1"),
         ("optim.lr_reference_batch", config.optim.lr_reference_batch is None or config.optim.lr_reference_batch >= 1,
          "must be at least 1"),
         ("data.val_size", config.data.val_size >= 0, "must not be negative"),
         ("data.image_size", config.data.image_size is None or config.data.image_size >= 1, "must be at least 1"),
+        ("data.resize_size", config.data.resize_size is None or config.data.resize_size >= 1, "must be at least 1"),
+        ("data.workers", config.data.workers is None or config.data.workers >= 0, "must not be negative"),
+        ("augment.random_resized_crop", config.augment.random_resized_crop is None
+         or 0 <= config.augment.random_resized_crop <= 1, "must be in [0, 1]"),
+        ("augment.color_jitter", config.augment.color_jitter >= 0, "must not be negative"),
+        ("augment.random_erasing", 0 <= config.augment.random_erasing <= 1, "must be in [0, 1]"),
+        ("augment.mixup", config.augment.mixup >= 0, "must not be negative"),
+        ("augment.cutmix", config.augment.cutmix >= 0, "must not be negative"),
+        ("train.threshold", 0 < config.train.threshold < 1, "must be in (0, 1)"),
         ("data.channels", config.data.channels in (None, 1, 3), "must be 1 or 3"),
         ("model.unfreeze_epoch", config.model.unfreeze_epoch is None or config.model.unfreeze_epoch >= 1,
          "must be at least 1"),

@@ -1,7 +1,11 @@
-"""Datasets: readers of the real file formats, splits, and the device-resident loader."""
+"""Datasets: readers of the real file formats, splits, the device-resident loader for small
+images and the worker-process loader for image files; ``build_data`` puts them together."""
 
 from .arrays import ArrayDataset, DatasetSplits
 from .datasets import DEFAULT_AUGMENT, load_splits
+from .files import FileLoader
 from .loader import DeviceLoader
+from .sources import DataBundle, build_data
 
-__all__ = ["ArrayDataset", "DatasetSplits", "DEFAULT_AUGMENT", "DeviceLoader", "load_splits"]
+__all__ = ["ArrayDataset", "DataBundle", "DatasetSplits", "DEFAULT_AUGMENT", "DeviceLoader", "FileLoader",
+           "build_data", "load_splits"]

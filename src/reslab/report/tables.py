@@ -10,6 +10,8 @@ def metrics_table(metrics: dict) -> str:
     if "model" in metrics:
         lines.append(f"{metrics['model']} on {metrics['dataset']}"
                      + (f" ({metrics['split']} split)" if "split" in metrics else " (test split)"))
+    if "map" in result:
+        return "\n".join(lines + _multilabel_lines(result))
     rows = [("accuracy", result["accuracy"]), ("error", result["error"])]
     if "top5_accuracy" in result:
         rows.append(("top-5 accuracy", result["top5_accuracy"]))
@@ -29,3 +31,22 @@ def metrics_table(metrics: dict) -> str:
         lines.append(f"  {row['class'][:16]:<16} {row['precision']:>9.4f} {row['recall']:>9.4f} {row['f1']:>9.4f} "
                      f"{row['support']:>8}")
     return "\n".join(lines)
+
+
+def _multilabel_lines(result: dict) -> list[str]:
+    lines = [f"  {'mAP':<18} {result['map']:.4f}  (over {result['map_classes']} classes with positives)"]
+    for suffix, title in (("", f"at threshold {result['threshold']}"), ("_top3", "top-3 labels")):
+        figures = "  ".join(f"{name} {result[key + suffix]:.4f}"
+                            for key, name in (("cp", "CP"), ("cr", "CR"), ("cf1", "CF1"), ("op", "OP"),
+                                              ("or", "OR"), ("of1", "OF1")))
+        lines.append(f"  {title:<18} {figures}")
+    lines.append(f"  {'subset accuracy':<18} {result['subset_accuracy']:.4f}")
+    lines.append(f"  {'Hamming loss':<18} {result['hamming_loss']:.4f}")
+    lines.append(f"  {'loss (BCE)':<18} {result['loss']:.4f}")
+    lines.append("")
+    lines.append(f"  {'class':<16} {'AP':>9} {'precision':>9} {'recall':>9} {'F1':>9} {'support':>8}")
+    for row in result["per_class"]:
+        ap = f"{row['ap']:.4f}" if row["ap"] is not None else "-"
+        lines.append(f"  {row['class'][:16]:<16} {ap:>9} {row['precision']:>9.4f} {row['recall']:>9.4f} "
+                     f"{row['f1']:>9.4f} {row['support']:>8}")
+    return lines

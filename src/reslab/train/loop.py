@@ -27,14 +27,18 @@ import torch
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .. import __version__
 from ..config import RunConfig, from_dict, validate
-from ..data import DEFAULT_AUGMENT, DatasetSplits, DeviceLoader, load_splits
-from ..data.loader import BatchAugment
+from ..data import DataBundle, build_data
+from ..data.files import write_bad_files
+from ..data.sources import augment_defaults
 from ..errors import ReslabError
 from ..evaluate.metrics import classification_metrics, running_accuracy
+from ..evaluate.multilabel import multilabel_metrics, running_subset_correct
+from .losses import AsymmetricLoss
 from ..models import create_model
 from ..models.summary import count_macs, count_parameters
 from ..models.transfer import freeze, parameter_groups
@@ -45,7 +49,7 @@ from .device import configure, resolve_device, rng_state, seed_everything, set_r
 from .optim import build_optimizer, build_scheduler
 
 HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_error",
-                  "val_macro_f1", "epoch_seconds", "images_per_second"]
+                  "val_macro_f1", "val_map", "epoch_seconds", "images_per_second"]
 
 
 @dataclass
@@ -60,7 +64,7 @@ class RunResult:
 
 def resolve_augmentation(config: RunConfig) -> None:
     """Fill the augmentation fields left to the dataset (None) with its defaults."""
-    for key, value in DEFAULT_AUGMENT[config.data.name].items():
+    for key, value in augment_defaults(config.data.name).items():
         if getattr(config.augment, key) is None:
             setattr(config.augment, key, value)
 
@@ -79,35 +83,38 @@ def load_pretrained(model: nn.Module, source: str) -> list[str]:
     return load_torchvision_weights(model, source)
 
 
-IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # torchvision's weights expect these
-
-
-def normalization(config: RunConfig, splits: DatasetSplits, model: nn.Module) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (in [0, 1]) the model's inputs are normalised with."""
-    kind = config.data.normalization
-    if kind == "auto":
-        pretrained = config.model.pretrained
-        if pretrained and pretrained.endswith(".h5"):
-            kind = "inception"  # Keras ResNet V2 weights: inputs scaled to [-1, 1]
-        elif pretrained and getattr(model, "torchvision_name", None):
-            kind = "imagenet"
-        else:
-            kind = "dataset"
-    channels = splits.in_channels
-    if kind == "imagenet":
-        if channels != 3:
-            raise ReslabError("data.normalization=imagenet needs RGB images; set data.channels=3")
-        return IMAGENET_STATS
-    if kind == "inception":
-        return [0.5] * channels, [0.5] * channels
-    if kind == "none":
-        return [0.0] * channels, [1.0] * channels
-    return splits.mean, splits.std
+def pretrained_normalization(config: RunConfig) -> tuple[str, tuple[list[float], list[float]] | None]:
+    """The normalisation ``data.normalization=auto`` means: what the pretrained weights
+    expect (Keras ResNet V2 .h5: [-1, 1]; a reslab checkpoint: its own statistics; other
+    PyTorch weights: ImageNet's), or without weights the dataset's own."""
+    kind, source = config.data.normalization, config.model.pretrained
+    if kind != "auto" or not source:
+        return kind, None
+    if source.endswith(".h5"):
+        return "inception", None
+    if Path(source).exists():
+        try:
+            meta = load_checkpoint(Path(source))["meta"]
+            return "dataset", (meta["mean"], meta["std"])
+        except ReslabError:  # weights only (torchvision and most other files)
+            pass
+    return "imagenet", None
 
 
 def build_model(meta: dict) -> nn.Module:
     return create_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
                         **meta["model_options"])
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where the device computes it natively, fp16 on older GPUs, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "bf16"
+    return "fp32"
 
 
 def autocast(device: torch.device, precision: str):
@@ -175,6 +182,8 @@ def train(config: RunConfig, resume: Path | None = None, progress: bool = True) 
     """
     validate(config)
     resolve_augmentation(config)
+    device = resolve_device(config.train.device)
+    config.train.precision = resolve_precision(config.train.precision, device)
     if resume is None:
         resume = _unfinished_twin(config)
     state = None
@@ -185,25 +194,27 @@ def train(config: RunConfig, resume: Path | None = None, progress: bool = True) 
         state = _latest_checkpoint(resume)
         if state is not None:
             _check_same_run(state["meta"]["config"], config, resume)
-    device = resolve_device(config.train.device)
     env, device = distributed.setup(device)
     try:
         distributed.check_batch(config.train.batch_size, env)
         configure(device, config.train.deterministic, config.train.threads)
         seed_everything(config.train.seed)
 
-        splits = load_splits(config.data)
-        model = create_model(config.model.name, num_classes=splits.num_classes, in_channels=splits.in_channels,
+        kind, mean_std = pretrained_normalization(config)
+        data_config = copy.copy(config.data)
+        data_config.normalization = kind
+        bundle = build_data(data_config, config.augment, device=device, batch_size=config.train.batch_size,
+                            eval_batch_size=config.train.eval_batch_size, seed=config.train.seed, rank=env.rank,
+                            world_size=env.world_size, channels_last=config.train.channels_last, mean_std=mean_std)
+        model = create_model(config.model.name, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                              **model_options(config))
         notes = load_pretrained(model, config.model.pretrained) if config.model.pretrained else []
-        mean, std = normalization(config, splits, model)
-        size = [config.data.image_size] * 2 if config.data.image_size else list(splits.image_size)
         meta = {
             "model": config.model.name, "model_options": model_options(config),
-            "num_classes": splits.num_classes, "in_channels": splits.in_channels, "classes": splits.classes,
-            "image_size": size, "mean": mean, "std": std,
-            "dataset": config.data.name, "task": "single-label", "reslab_version": __version__,
-            "config": config.to_dict(),
+            "num_classes": bundle.num_classes, "in_channels": bundle.in_channels, "classes": bundle.classes,
+            "image_size": bundle.image_size, "mean": bundle.mean, "std": bundle.std,
+            "dataset": config.data.name, "task": bundle.task, "threshold": config.train.threshold,
+            "reslab_version": __version__, "config": config.to_dict(),
         }
         if env.is_main:
             for note in notes:
@@ -224,12 +235,15 @@ def train(config: RunConfig, resume: Path | None = None, progress: bool = True) 
                 new_run_dir(Path(config.output.dir), run_dir.name)
                 config.save(run_dir / "config.yaml")
                 atomic_write_json(run_dir / "environment.json", environment(device, env))
-                atomic_write_json(run_dir / "dataset.json", splits.describe())
+                atomic_write_json(run_dir / "dataset.json", bundle.description)
                 (run_dir / "checkpoints").mkdir()
             distributed.barrier(env)
         with StopRequest() as stop:
-            return _fit(config, splits, model, meta, device, env, run_dir, state, stop, progress)
+            return _fit(config, bundle, model, meta, device, env, run_dir, state, stop, progress)
     finally:
+        if "bundle" in locals():
+            for loader in bundle.loaders():
+                getattr(loader, "close", lambda: None)()  # worker processes of file loaders
         distributed.teardown(env)
 
 
@@ -308,20 +322,52 @@ class EpochTally:
                    torch.tensor(state["correct"], device=device, dtype=torch.long), state["seen"], state["seconds"])
 
 
-def _fit(config, splits: DatasetSplits, model, meta, device, env, run_dir: Path, state, stop: StopRequest,
+class Task:
+    """What differs between single-label (softmax, cross-entropy, accuracy) and multi-label
+    (sigmoids, BCE or ASL, mAP) runs: the loss, the running count of correct images, the
+    metrics and the score the best checkpoint is chosen by."""
+
+    def __init__(self, config: RunConfig, kind: str, classes: list[str]):
+        self.multi_label = kind == "multi-label"
+        self.classes = classes
+        self.threshold = config.train.threshold
+        loss = config.train.loss if config.train.loss != "auto" else ("bce" if self.multi_label else "cross_entropy")
+        if self.multi_label and loss == "cross_entropy":
+            raise ReslabError("train.loss=cross_entropy cannot train multi-label targets; use bce or asymmetric")
+        if not self.multi_label and loss != "cross_entropy":
+            raise ReslabError(f"train.loss={loss} is for multi-label data (coco); use cross_entropy")
+        self.criterion = {"cross_entropy": lambda: nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing),
+                          "bce": nn.BCEWithLogitsLoss, "asymmetric": AsymmetricLoss}[loss]()
+
+    def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.multi_label:
+            return running_subset_correct(logits, targets.round() if targets.is_floating_point() else targets,
+                                          self.threshold)
+        if targets.ndim == 2:  # mixup / cutmix: soft targets, the larger share counts
+            targets = targets.argmax(1)
+        return running_accuracy(logits, targets)
+
+    def metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict:
+        if self.multi_label:
+            metrics = multilabel_metrics(logits, targets, self.classes, threshold=self.threshold)
+            metrics["accuracy"] = metrics["subset_accuracy"]
+            metrics["error"] = 1 - metrics["accuracy"]
+            return metrics
+        return classification_metrics(logits, targets, self.classes)
+
+    def score(self, metrics: dict) -> tuple[float, float]:
+        """Higher is better: (mAP or accuracy, -loss)."""
+        return (metrics["map"] if self.multi_label else metrics["accuracy"], -metrics["loss"])
+
+
+def _fit(config, bundle: DataBundle, model, meta, device, env, run_dir: Path, state, stop: StopRequest,
          progress: bool) -> RunResult:
     train_cfg = config.train
-    augment = BatchAugment(config.augment.crop_padding, config.augment.hflip, config.augment.rotation,
-                           config.augment.scale)
-    shard = dict(rank=env.rank, world_size=env.world_size, channels_last=train_cfg.channels_last,
-                 resize=config.data.image_size)
-    train_loader = DeviceLoader(splits.train, train_cfg.batch_size, device, meta["mean"], meta["std"], train=True,
-                                augment=augment, seed=train_cfg.seed, **shard)
+    task = Task(config, bundle.task, bundle.classes)
+    train_loader, val_loader = bundle.train, bundle.val
     if len(train_loader) == 0:
-        raise ReslabError(f"train.batch_size {train_cfg.batch_size} is larger than the {len(splits.train)} "
-                          "training images; lower it")
-    val_loader = splits.val and DeviceLoader(splits.val, train_cfg.eval_batch_size, device, meta["mean"],
-                                             meta["std"], train=False, **shard)
+        raise ReslabError(f"train.batch_size {train_cfg.batch_size} is larger than the "
+                          f"{bundle.description['sizes']['train']} training images; lower it")
 
     steps_per_epoch = len(train_loader)
     total_steps = _total_steps(train_cfg, steps_per_epoch)
@@ -336,7 +382,7 @@ def _fit(config, splits: DatasetSplits, model, meta, device, env, run_dir: Path,
     optimizer = build_optimizer(groups, optim_cfg)
     scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
-    criterion = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing)
+    criterion = task.criterion
     def wrap(model):
         network = model
         if env.enabled:  # built for the parameters that train now: rebuilt when more are unfrozen
@@ -344,6 +390,10 @@ def _fit(config, splits: DatasetSplits, model, meta, device, env, run_dir: Path,
         return torch.compile(network) if train_cfg.compile else network
 
     freeze_mode = None
+    # Polyak averaging of weights and BN statistics; evaluated and saved in place of the raw weights.
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema), use_buffers=True)
+           if train_cfg.ema else None)
+    evaluated = ema.module if ema is not None else model
 
     start_epoch, start_batch, step, best, history = 0, 0, 0, None, []
     tally = EpochTally.zero(device)
@@ -352,6 +402,8 @@ def _fit(config, splits: DatasetSplits, model, meta, device, env, run_dir: Path,
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
         best, history = state["best"], state["history"]
         if state["tally"] is not None:
@@ -360,7 +412,8 @@ def _fit(config, splits: DatasetSplits, model, meta, device, env, run_dir: Path,
 
     def checkpoint(epoch: int, batch: int, tally: EpochTally | None) -> dict:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "batch": batch,
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None, "epoch": epoch, "batch": batch,
                 "step": step, "best": best, "history": history, "tally": tally and tally.state(),
                 "rng": rng_state(), "meta": meta}
 
@@ -391,9 +444,11 @@ def _fit(config, splits: DatasetSplits, model, meta, device, env, run_dir: Path,
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             tally.loss_sum += loss.detach() * len(targets)
-            tally.correct += running_accuracy(logits.detach(), targets)
+            tally.correct += task.correct(logits.detach(), targets)
             tally.seen += len(targets)
             if step % log_every == 0:
                 _check_finite(loss, step, epoch, run_dir)
@@ -416,11 +471,10 @@ def _fit(config, splits: DatasetSplits, model, meta, device, env, run_dir: Path,
                **_train_figures(tally, env), "epoch_seconds": tally.seconds}
         row["images_per_second"] = tally.seen * env.world_size / tally.seconds
         if val_loader is not None:
-            val = classification_metrics(*predict(model, val_loader, device, train_cfg.precision, env),
-                                         splits.classes)
+            val = task.metrics(*predict(evaluated, val_loader, device, train_cfg.precision, env, flip=train_cfg.tta))
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"], val_error=val["error"],
-                       val_macro_f1=val["macro_f1"])
-            score = (val["accuracy"], -val["loss"])
+                       val_macro_f1=val["macro_f1"], val_map=val.get("map"))
+            score = task.score(val)
             is_best = best is None or score > tuple(best["score"])
         else:  # no validation split: the last epoch is the one kept
             score, is_best = (row["train_accuracy"], -row["train_loss"]), True
@@ -429,7 +483,7 @@ def _fit(config, splits: DatasetSplits, model, meta, device, env, run_dir: Path,
             best = {"epoch": epoch + 1, "score": list(score)}
         if env.is_main:
             if is_best:
-                _save(run_dir / "checkpoints" / "best.pt", {"model": model.state_dict(), "meta": meta,
+                _save(run_dir / "checkpoints" / "best.pt", {"model": evaluated.state_dict(), "meta": meta,
                                                             "epoch": epoch + 1})
             epoch_path = run_dir / "checkpoints" / f"epoch-{epoch + 1:04d}.pt"
             _save(epoch_path, checkpoint(epoch + 1, 0, None))
@@ -447,7 +501,7 @@ def _fit(config, splits: DatasetSplits, model, meta, device, env, run_dir: Path,
             raise _interrupted(stop, step, epoch + 1, run_dir)
     bar.close()
     distributed.barrier(env)  # best.pt is written before any rank reads it
-    return _finish(config, splits, model, meta, device, env, run_dir, history, best)
+    return _finish(config, bundle, task, model, meta, device, env, run_dir, history, best)
 
 
 def _train_figures(tally: EpochTally, env) -> dict:
@@ -511,13 +565,17 @@ def _check_finite(loss: torch.Tensor, step: int, epoch: int, run_dir: Path) -> N
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader, device: torch.device, precision: str = "fp32", env=None):
-    """All logits and targets of ``loader`` (gathered from every process when distributed)."""
+def predict(model: nn.Module, loader, device: torch.device, precision: str = "fp32", env=None, flip: bool = False):
+    """All logits and targets of ``loader`` (gathered from every process when distributed);
+    with ``flip`` each image's logits are averaged with its mirror image's."""
     model.eval()
     outputs, targets = [], []
     for images, labels in loader:
         with autocast(device, precision):
-            outputs.append(model(images).float())
+            logits = model(images).float()
+            if flip:
+                logits = (logits + model(images.flip(3)).float()) / 2
+        outputs.append(logits)
         targets.append(labels)
     logits, labels = torch.cat(outputs), torch.cat(targets)
     if env is not None and env.enabled:
@@ -536,29 +594,34 @@ def _write_history(path: Path, history: list[dict]) -> None:
 # ---------------------------------------------------------------- the end of a run
 
 
-def _finish(config, splits, model, meta, device, env, run_dir: Path, history: list[dict], best: dict) -> RunResult:
+def _finish(config, bundle: DataBundle, task: Task, model, meta, device, env, run_dir: Path, history: list[dict],
+            best: dict) -> RunResult:
     best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=device)
     model.load_state_dict(best_state["model"])
 
-    def evaluate(split):
-        loader = DeviceLoader(split, config.train.eval_batch_size, device, meta["mean"], meta["std"], train=False,
-                              rank=env.rank, world_size=env.world_size, channels_last=config.train.channels_last,
-                              resize=config.data.image_size)
-        return classification_metrics(*predict(model, loader, device, config.train.precision, env), splits.classes)
+    def evaluate(loader):
+        return task.metrics(*predict(model, loader, device, config.train.precision, env, flip=config.train.tta))
 
-    test = evaluate(splits.test)
-    val = evaluate(splits.val) if splits.val is not None else None
+    test = evaluate(bundle.test)
+    val = evaluate(bundle.val) if bundle.val is not None else None
+    bad_files = bundle.bad_files()
+    if env.enabled:
+        gathered = [None] * env.world_size
+        torch.distributed.all_gather_object(gathered, bad_files)
+        bad_files = list(dict.fromkeys(b for rank_files in gathered for b in rank_files))
     train_seconds = sum(row["epoch_seconds"] for row in history)
     images = sum(row["images_per_second"] * row["epoch_seconds"] for row in history)
     counts = count_parameters(model)
-    input_shape = (splits.in_channels, *meta["image_size"])
+    input_shape = (bundle.in_channels, *meta["image_size"])
     metrics = {
         "model": config.model.name, "dataset": config.data.name, "seed": config.train.seed,
         "epochs": len(history), "steps": history[-1]["step"] if history else 0,
-        "best_epoch": best["epoch"], "selected_on": "validation" if splits.val is not None else "last epoch",
+        "best_epoch": best["epoch"], "selected_on": "validation" if bundle.val is not None else "last epoch",
+        "task": bundle.task, "bad_files": len(bad_files),
         "parameters": counts["parameters"], "macs": count_macs(model, input_shape),
         "train_seconds": train_seconds, "images_per_second": images / max(train_seconds, 1e-9),
         "device": str(device), "processes": env.world_size, "precision": config.train.precision,
+        "peak_memory_mb": peak_memory_mb(device),
         "test": test, "val": val,
     }
     if not env.is_main:
@@ -567,10 +630,23 @@ def _finish(config, splits, model, meta, device, env, run_dir: Path, history: li
         from ..report.plots import plot_confusion, plot_history
 
         plot_history(history, run_dir / "curves.png", title=f"{config.model.name} on {config.data.name}")
-        plot_confusion(test["confusion_matrix"], splits.classes, run_dir / "confusion_matrix.png",
-                       title=f"{config.model.name}: test confusion matrix")
+        if "confusion_matrix" in test:
+            plot_confusion(test["confusion_matrix"], bundle.classes, run_dir / "confusion_matrix.png",
+                           title=f"{config.model.name}: test confusion matrix")
+    if bad_files:
+        write_bad_files(run_dir / "bad_files.txt", bad_files)
     atomic_write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
     return RunResult(run_dir, metrics, history)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of training: allocated GPU memory, or on the CPU the process's peak
+    resident set (which includes the interpreter, PyTorch and the data)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def load_result(run_dir: Path) -> RunResult:

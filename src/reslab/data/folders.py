@@ -1,0 +1,150 @@
+"""Image folders: ``root/<class>/<image>`` (torchvision's ImageFolder layout), either with
+``train/``, ``val/`` and ``test/`` sub-folders or as one folder split by seed.
+
+Which folder plays which part:
+
+- ``train/``, ``val/``, ``test/``: each as given;
+- ``train/`` and ``test/``: the validation split is held out of ``train/`` (``val_size``);
+- ``train/`` and ``val/``: ``val/`` is the test split and the validation split is held out
+  of ``train/``: the ImageNet convention, whose public val set is everyone's test set
+  and must not also choose the checkpoint;
+- one folder of class folders (or ``train/`` alone): test and validation splits are
+  held out of it (``test_size``, then ``val_size``).
+
+Held-out splits are stratified by class (sklearn's train_test_split, as
+``arrays.hold_out``) and depend on ``split_seed`` only. Class names are the class folder
+names, sorted; their order gives the class indices.
+
+Files are the ones with an image extension (any case), in class folders and their
+sub-folders; hidden files (``.DS_Store``, macOS's ``._photo.jpg``) are ignored. A folder
+that cannot be listed is skipped and reported, or refused with ``strict``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from ..errors import ReslabError
+from .arrays import split_count
+from .files import BadFile, FileSplits, ImageList
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
+def list_dir(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as entries:
+        return sorted(entries, key=lambda e: e.name)
+
+
+def class_folders(folder: Path) -> list[str]:
+    """The names of the class folders in ``folder``, sorted."""
+    try:
+        return [e.name for e in list_dir(folder) if e.is_dir() and not e.name.startswith(".")]
+    except OSError as exc:
+        raise ReslabError(f"cannot list {folder}: {exc.strerror or exc}") from None
+
+
+def image_files(folder: Path, problems: list[BadFile]) -> list[str]:
+    """The image files below ``folder`` (recursively, sorted), as paths relative to it;
+    a sub-folder that cannot be listed is added to ``problems`` and skipped."""
+    found = []
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        try:
+            entries = list_dir(folder / relative)
+        except OSError as exc:
+            problems.append(BadFile(str(folder / relative), f"unreadable directory: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = os.path.join(relative, entry.name) if relative else entry.name
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                pending.append(path)
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(path)
+    return sorted(found)
+
+
+def scan_classes(root: Path, folder: str, classes: list[str] | None,
+                 problems: list[BadFile]) -> tuple[list[str], ImageList]:
+    """The images of ``root/folder/<class>/...``; with ``classes`` given (the training
+    split's), a class folder outside them is refused, a missing one is simply empty."""
+    base = root / folder if folder else root
+    found = class_folders(base)
+    if classes is None:
+        classes = found
+    else:
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise ReslabError(f"{base} has class folder(s) {', '.join(extra[:5])} that the training split lacks; "
+                              "every split must use the training split's classes")
+    index = {name: i for i, name in enumerate(classes)}
+    paths, labels = [], []
+    for name in found:
+        files = image_files(base / name, problems)
+        prefix = os.path.join(folder, name) if folder else name
+        paths.extend(os.path.join(prefix, f) for f in files)
+        labels.extend([index[name]] * len(files))
+    return classes, ImageList.of(root, paths, labels)
+
+
+def split_off(images: ImageList, size: float, seed: int, what: str) -> tuple[ImageList, ImageList | None]:
+    """(rest, held-out) of ``images``: ``size`` as a fraction (< 1) or a count, stratified
+    by class where every class has two images or more; the same for the same seed."""
+    count = split_count(size, len(images), what)
+    if count == 0:
+        return images, None
+    stratify = None
+    if not images.multi_label:
+        counts = np.bincount(images.targets)
+        present = int((counts > 0).sum())
+        if counts[counts > 0].min() >= 2 and present <= count <= len(images) - present:
+            stratify = images.targets
+    rest, held = train_test_split(np.arange(len(images)), test_size=count, random_state=seed, stratify=stratify)
+    return images.subset(np.sort(rest)), images.subset(np.sort(held))
+
+
+def read_folder(root: Path, val_size: float = 0.1, test_size: float = 0.2, split_seed: int = 0,
+                name: str = "folder") -> FileSplits:
+    """The splits of an image-folder dataset (see the module docstring)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ReslabError(f"{root} is not a folder of images (data.root); expected class folders, or train/, "
+                          "val/ and test/ sub-folders of class folders")
+    present = {split: (root / split).is_dir() for split in SPLIT_FOLDERS}
+    problems: list[BadFile] = []
+    if present["train"]:
+        classes, train = scan_classes(root, "train", None, problems)
+        val = scan_classes(root, "val", classes, problems)[1] if present["val"] else None
+        test = scan_classes(root, "test", classes, problems)[1] if present["test"] else None
+        layout = "/".join(split for split in SPLIT_FOLDERS if present[split]) + " folders"
+    else:
+        classes, train = scan_classes(root, "", None, problems)
+        val = test = None
+        layout = "one folder of class folders"
+    if not classes:
+        raise ReslabError(f"{root} has no class folders; expected {root}/<class>/<image>.jpg "
+                          "or train/, val/, test/ sub-folders of class folders")
+    if len(train) == 0:
+        raise ReslabError(f"no images in the class folders of {root} (extensions {', '.join(IMAGE_EXTENSIONS)})")
+    if test is None and val is not None:
+        test, val = val, None  # train/ + val/: val/ is the test split (see the module docstring)
+        layout += " (val/ as the test split)"
+    if test is None:
+        train, test = split_off(train, test_size, split_seed, "data.test_size")
+    if val is None:
+        train, val = split_off(train, val_size, split_seed, "data.val_size")
+    if test is None or len(test) == 0:
+        raise ReslabError(f"{name}: the test split is empty")
+    return FileSplits(name, classes, train, val, test, source=str(root), layout=layout, problems=problems)
