@@ -139,3 +139,44 @@ def test_two_processes_with_half_batches_equal_one_process(tmp_path):
     alone = evaluate_checkpoint(tmp_path / "two", device="cpu")["test"]
     assert alone["confusion_matrix"] == recorded["test"]["confusion_matrix"]
     assert alone["samples"] == recorded["test"]["samples"] == 359  # gathered, no padding duplicates
+
+
+def test_a_full_disk_fails_clearly_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    import reslab.train.loop as loop
+    from conftest import quick_config
+    from reslab import ReslabError
+    from reslab.train.loop import train
+
+    real = loop.save_checkpoint
+    saves = []
+
+    def disk_fills_up(path, state):
+        saves.append(path.name)
+        if path.name == "epoch-0002.pt":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, state)
+
+    monkeypatch.setattr(loop, "save_checkpoint", disk_fills_up)
+    with pytest.raises(ReslabError, match="No space left on device.*intact"):
+        train(quick_config(tmp_path, "output.name=full", "train.epochs=3"), progress=False)
+    kept = load_checkpoint(tmp_path / "runs" / "full" / "checkpoints" / "last.pt")
+    assert kept["epoch"] == 1 and "epoch-0002.pt" in saves
+
+
+def test_an_unwritable_output_folder_is_found_before_training(tmp_path, monkeypatch):
+    import reslab.runfs as runfs
+    from conftest import quick_config
+    from reslab import ReslabError
+    from reslab.train.loop import train
+
+    def read_only(folder):
+        raise ReslabError(f"output folder {folder} is not writable: Read-only file system")
+
+    monkeypatch.setattr(runfs, "check_writable", read_only)
+    started = []
+    monkeypatch.setattr("reslab.train.loop._fit", lambda *a, **k: started.append(1))
+    with pytest.raises(ReslabError, match="not writable"):
+        train(quick_config(tmp_path), progress=False)
+    assert not started

@@ -108,8 +108,10 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False  # bitwise-repeatable kernels (slower on GPU)
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
-    precision: str = "fp32"  # fp32, bf16 (autocast), fp16 (autocast + GradScaler, GPU), auto (fastest native)
-    channels_last: bool = False
+    # bf16 trained 2.0-2.1x faster here, but cost plain-20 1.2 points on digits (3 seeds; README),
+    # so fp32 stays the default; auto = bf16 where the device computes it natively, else fp32
+    precision: str = "fp32"  # fp32, bf16 (autocast), fp16 (autocast + GradScaler, GPU), auto
+    channels_last: bool = True  # NHWC: measured 1.3x faster here in fp32 and faster in bf16; cuDNN prefers it too
     compile: bool = False  # torch.compile the model
     threads: int | None = None  # CPU intra-op threads; None leaves PyTorch's default
     sync_bn: bool = False  # batch-norm statistics over the global batch of all processes

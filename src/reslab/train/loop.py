@@ -379,7 +379,7 @@ def _fit(config, bundle: DataBundle, model, meta, device, env, run_dir: Path, st
     backbone_lr = optim_cfg.backbone_lr if optim_cfg.backbone_lr is not None else head_lr
     groups = parameter_groups(model, backbone_lr, head_lr, optim_cfg.weight_decay, decay_norm_and_bias=True,
                               include_frozen=True)
-    optimizer = build_optimizer(groups, optim_cfg)
+    optimizer = build_optimizer(groups, optim_cfg, fused=device.type == "cuda")
     scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
     criterion = task.criterion

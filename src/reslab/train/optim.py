@@ -14,13 +14,18 @@ import torch
 from ..config import OptimConfig, ScheduleConfig
 
 
-def build_optimizer(params, config: OptimConfig) -> torch.optim.Optimizer:
-    """``params`` is a model's parameters or a list of parameter groups (transfer learning)."""
+def build_optimizer(params, config: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """``params`` is a model's parameters or a list of parameter groups (transfer learning).
+
+    ``fused`` (for CUDA) updates all parameters in one kernel; elsewhere PyTorch's default
+    multi-tensor (foreach) implementation is used.
+    """
     if config.name == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                               weight_decay=config.weight_decay)
+                               weight_decay=config.weight_decay, fused=fused or None)
     optimizer = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
-    return optimizer(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+    return optimizer(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
+                     fused=fused or None)
 
 
 def lr_factor(config: ScheduleConfig, step: int, steps_per_epoch: int, total_steps: int, base_lr: float) -> float:
