@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import struct
 import tarfile
@@ -11,8 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from reslab.config import load
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread_per_worker():
+    """Under pytest-xdist each worker gets one intra-op thread: two workers with two
+    threads each on two cores slow every test down several times."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+    yield
 
 
 def write_cifar_archive(path: Path, train_per_batch: int = 20, test: int = 30, seed: int = 0,

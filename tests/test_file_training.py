@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from conftest import quick_config
 from test_data_files import write_classes, write_coco

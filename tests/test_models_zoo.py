@@ -16,13 +16,6 @@ from reslab.models.summary import count_parameters
 from reslab.models.transfer import freeze, frozen_batchnorms, parameter_groups
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is faster, and far faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # name -> (num_classes, parameters). ImageNet ones are torchvision's; CIFAR ones as stated.

@@ -23,13 +23,6 @@ from reslab.models.weights import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is faster, and far faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # Keras's torch backend converts tensors with np.array(x), which numpy 2 warns about, thousands of times.

@@ -13,13 +13,10 @@ from torch.nn import functional as F
 
 from ..errors import ReslabError
 from .base import StagedModel, init_he
+from .blocks import BasicBlock, conv3x3, projection
 from .registry import register_model, register_pattern
 
 SHORTCUTS = ("A", "B")
-
-
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
 
 
 class PadShortcut(nn.Module):
@@ -39,40 +36,6 @@ class PadShortcut(nn.Module):
         if self.stride != 1:
             x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, self.pad_before, self.pad_after))
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 convs with BN; ``shortcut`` is "A", "B" or None (the plain twin's block)."""
-
-    expansion = 1
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "A"):
-        super().__init__()
-        self.conv1 = conv3x3(in_planes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.residual = shortcut is not None
-        self.downsample: nn.Module | None = None
-        if self.residual and (stride != 1 or in_planes != planes):
-            if shortcut == "A":
-                self.downsample = PadShortcut(in_planes, planes, stride)
-            else:  # option B: projection only where the shape changes
-                self.downsample = nn.Sequential(
-                    nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
-                )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
-        out = self.conv2(out)
-        out = self.bn2(out)
-        if self.residual:
-            identity = x if self.downsample is None else self.downsample(x)
-            out = out + identity
-        return self.relu(out)
 
 
 class CifarResNet(StagedModel):
@@ -110,7 +73,12 @@ class CifarResNet(StagedModel):
     def _make_layer(self, planes: int, blocks: int, stride: int, shortcut: str | None) -> nn.Sequential:
         layers = []
         for i in range(blocks):
-            layers.append(BasicBlock(self.in_planes, planes, stride if i == 0 else 1, shortcut))
+            block_stride = stride if i == 0 else 1
+            downsample = None
+            if shortcut is not None and (block_stride != 1 or self.in_planes != planes):
+                downsample = (PadShortcut(self.in_planes, planes, block_stride) if shortcut == "A"
+                              else projection(self.in_planes, planes, block_stride))
+            layers.append(BasicBlock(self.in_planes, planes, block_stride, downsample, residual=shortcut is not None))
             self.in_planes = planes
         return nn.Sequential(*layers)
 
