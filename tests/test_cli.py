@@ -163,3 +163,9 @@ def test_demo_end_to_end(tmp_path):
         assert row["accuracy"] == metrics["test"]["accuracy"]
         assert row["error"] == pytest.approx(100 * (1 - row["accuracy"]))
     assert (folder / "error_curves.png").stat().st_size > 10_000
+
+
+def test_summary_of_report_000s_model_gives_keras_totals():
+    process = run("summary", "resnet152v2_report000", "--depth", "1", check=True)
+    assert "total 59,024,586 = trainable 58,880,842 + non-trainable 143,744" in process.stdout
+    assert "(2048, 1, 1)" in process.stdout  # the backbone ends in 1x1x2048 on 32x32 inputs

@@ -82,3 +82,8 @@ def test_saved_config_is_plain_yaml(tmp_path):
     RunConfig().save(tmp_path / "c.yaml")
     data = yaml.safe_load((tmp_path / "c.yaml").read_text())
     assert data["model"]["name"] == "resnet20" and data["optim"]["betas"] == [0.9, 0.999]
+
+
+def test_text_fields_keep_text_that_yaml_would_read_as_booleans_or_numbers():
+    config = apply_overrides(RunConfig(), ["output.name=no", "model.freeze=2", "model.pretrained=1.5"])
+    assert config.output.name == "no" and config.model.freeze == "2" and config.model.pretrained == "1.5"

@@ -25,6 +25,7 @@ from .errors import ReslabError
 class ModelConfig:
     name: str = "resnet20"
     shortcut: str = "A"  # CIFAR nets: "A" zero-padded identity (paper's CIFAR choice), "B" projection
+    stride_in: str = "3x3"  # ImageNet bottlenecks: "3x3" (v1.5, torchvision's) or "1x1" (the paper's)
     pretrained: str | None = None  # a weights file or a torchvision weights name (IMAGENET1K_V2)
     freeze: str = "none"  # "none" fine-tunes all, "backbone" trains the head only, or K: the last K stages
     unfreeze_epoch: int | None = None  # from this epoch (1-based) on, everything trains (freeze, then fine-tune)
@@ -148,6 +149,7 @@ class RunConfig:
 
 CHOICES = {
     "model.shortcut": ("A", "B"),
+    "model.stride_in": ("3x3", "1x1"),
     "data.name": ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "kmnist", "folder", "imagenet", "coco"),
     "data.decoder": ("auto", "torchvision", "pil"),
     "data.coco_year": (2014, 2017),
@@ -186,11 +188,14 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         if not sep or "." not in path:
             raise ReslabError(f"override {item!r} is not of the form section.key=value (e.g. train.epochs=10)")
         section_name, key = path.strip().split(".", 1)
+        section = _section(config, section_name)
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
             value = text
-        _set(_section(config, section_name), section_name, key, value)
+        if isinstance(value, (bool, int, float)) and _is_text_field(section, key):
+            value = text.strip()  # output.name=no is the name "no", not YAML's false
+        _set(section, section_name, key, value)
     return config
 
 
@@ -224,6 +229,12 @@ def _read_yaml(source: str | Path) -> dict[str, Any]:
         raise ReslabError(f"config file {path} does not exist") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ReslabError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def _is_text_field(section, key: str) -> bool:
+    hint = typing.get_type_hints(type(section)).get(key)
+    return hint is str or (typing.get_origin(hint) is not None and str in typing.get_args(hint)
+                           and not ({int, float, bool} & set(typing.get_args(hint))))
 
 
 def _section(config: RunConfig, name: str):

@@ -7,6 +7,8 @@ so the training code never needs to know which family a name belongs to.
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 import re
 from typing import Callable
 
@@ -63,11 +65,16 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwarg
         for regex, pattern_builder in _PATTERNS:
             match = regex.fullmatch(name)
             if match:
-                return pattern_builder(match, num_classes=num_classes, in_channels=in_channels, **kwargs)
-        close = difflib.get_close_matches(name, list(_BUILDERS), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ReslabError(f"unknown model {name!r}{hint}; `reslab models` lists them")
-    try:
-        return builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
-    except TypeError as exc:  # an option this family does not take
-        raise ReslabError(f"model {name!r}: {exc}") from None
+                builder = functools.partial(pattern_builder, match)
+                break
+        else:
+            close = difflib.get_close_matches(name, list(_BUILDERS), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ReslabError(f"unknown model {name!r}{hint}; `reslab models` lists them")
+    accepted = inspect.signature(builder).parameters
+    for option in kwargs:
+        if option not in accepted:
+            takes = [p for p in accepted if p not in ("num_classes", "in_channels", "match")]
+            raise ReslabError(f"model {name!r} has no option {option!r}"
+                              + (f" (its options: {', '.join(takes)})" if takes else " (it takes none)"))
+    return builder(num_classes=num_classes, in_channels=in_channels, **kwargs)

@@ -71,7 +71,9 @@ def resolve_augmentation(config: RunConfig) -> None:
 
 def model_options(config: RunConfig) -> dict:
     """Model options that differ from the defaults; a family that lacks one refuses it by name."""
-    return {"shortcut": config.model.shortcut} if config.model.shortcut != "A" else {}
+    defaults = {"shortcut": "A", "stride_in": "3x3"}
+    return {key: getattr(config.model, key) for key, default in defaults.items()
+            if getattr(config.model, key) != default}
 
 
 def load_pretrained(model: nn.Module, source: str) -> list[str]:
