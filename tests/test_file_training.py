@@ -49,6 +49,12 @@ def test_coco_multilabel_run_end_to_end(tmp_path, loss):
     meta = load_checkpoint(result.run_dir)["meta"]
     assert meta["task"] == "multi-label" and meta["threshold"] == 0.5
     assert "val_map" in (result.run_dir / "history.csv").read_text().splitlines()[0]
+    assert test["macro_precision"] == test["cp"] and test["error"] == pytest.approx(1 - test["subset_accuracy"])
+
+    from reslab.report.report import build_report
+
+    report = build_report([result.run_dir], tmp_path / "report", title="coco")
+    assert (report.out / "report.html").stat().st_size > 1000
 
 
 def test_cross_entropy_is_refused_for_multilabel_data(tmp_path):

@@ -475,6 +475,8 @@ def make_figures(runs: list[Run], rows: list[dict], summary: list[dict], folder:
             per_class = [run.metrics["test"]["per_class"] for run in members]
             classes = [c["class"] for c in per_class[0]]
             bars[s["label"]] = [float(np.mean([pc[i]["f1"] for pc in per_class])) for i in range(len(classes))]
+            if "confusion_matrix" not in members[0].metrics["test"]:
+                continue  # multi-label: per-class F1 and AP, no confusion matrix
             matrix = np.sum([run.metrics["test"]["confusion_matrix"] for run in members], axis=0).tolist()
             path = folder / f"confusion-{tag}-{_slug(s['label'])}.png"
             seeds = f", {len(members)} seeds summed" if len(members) > 1 else ""
@@ -639,7 +641,7 @@ def build_report(run_dirs: list[str | Path], out: Path, title: str | None = None
     atomic_write_json(out / "report.json", {
         "title": title, "findings": findings, "tolerance": tolerance, "summary": summary,
         "runs": [{**row, "per_class": run.metrics["test"]["per_class"],
-                  "confusion_matrix": run.metrics["test"]["confusion_matrix"], "history": run.history}
+                  "confusion_matrix": run.metrics["test"].get("confusion_matrix"), "history": run.history}
                  for row, run in zip(rows, runs)],
         "bench": bench,
     })

@@ -352,8 +352,10 @@ class Task:
     def metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict:
         if self.multi_label:
             metrics = multilabel_metrics(logits, targets, self.classes, threshold=self.threshold)
-            metrics["accuracy"] = metrics["subset_accuracy"]
-            metrics["error"] = 1 - metrics["accuracy"]
+            # The names single-label tables use: accuracy is exact-match (subset) accuracy,
+            # macro precision / recall are CP / CR (means over classes).
+            metrics.update(accuracy=metrics["subset_accuracy"], error=1 - metrics["subset_accuracy"],
+                           macro_precision=metrics["cp"], macro_recall=metrics["cr"])
             return metrics
         return classification_metrics(logits, targets, self.classes)
 
