@@ -95,6 +95,9 @@ def test_train_on_cifar_archive(tmp_path):
     (["train", "--config", "no-such-recipe"], ["neither a file nor a shipped recipe"]),
     (["evaluate", "/nonexistent/best.pt"], ["does not exist"]),
     (["summary", "resnet20", "--input-size", "3,32"], ["C,H,W"]),
+    (["evaluate", "/etc/hostname"], ["not a"]),
+    (["train", "--config", "/tmp"], ["cannot read config file /tmp"]),
+    (["train", "--precision", "fp16", "--device", "auto"], ["fp16 needs a GPU"]),
 ])
 def test_bad_input_gives_one_line(args, fragments):
     assert_clean_error(run(*args), *fragments)
@@ -169,3 +172,11 @@ def test_summary_of_report_000s_model_gives_keras_totals():
     process = run("summary", "resnet152v2_report000", "--depth", "1", check=True)
     assert "total 59,024,586 = trainable 58,880,842 + non-trainable 143,744" in process.stdout
     assert "(2048, 1, 1)" in process.stdout  # the backbone ends in 1x1x2048 on 32x32 inputs
+
+
+def test_evaluate_refuses_an_output_folder_before_evaluating(trained_run, tmp_path):
+    assert_clean_error(run("evaluate", str(trained_run), "--output", str(tmp_path)), "is a folder")
+
+
+def test_results_are_readable_by_others(trained_run):
+    assert (trained_run / "metrics.json").stat().st_mode & 0o044 == 0o044

@@ -40,7 +40,7 @@ def test_unknown_keys_are_refused_by_name_with_a_suggestion():
 @pytest.mark.parametrize("override,message", [
     ("train.epochs=abc", "'train.epochs' must be int"),
     ("train.batch_size=0", "'train.batch_size' must be at least 1"),
-    ("optim.lr=-1", "'optim.lr' must be positive"),
+    ("optim.lr=-1", "'optim.lr' must be a positive number"),
     ("optim.name=rmsprop", "'optim.name' must be one of sgd, adam, adamw"),
     ("schedule.milestones=[20, 10]", "'schedule.milestones' must be increasing"),
     ("train.precision=fp8", "'train.precision' must be one of"),
@@ -48,6 +48,9 @@ def test_unknown_keys_are_refused_by_name_with_a_suggestion():
     ("model.shortcut=C", "'model.shortcut' must be one of A, B"),
     ("output.name=../x", "'output.name' must be a plain folder name"),
     ("train", "not of the form section.key=value"),
+    ("train.seed=-1", "'train.seed' must be in"),
+    ("data.split_seed=99999999999", "'data.split_seed' must be in"),
+    ("optim.lr=.inf", "'optim.lr' must be a positive number"),
 ])
 def test_bad_values_are_refused_with_the_key(override, message):
     with pytest.raises(ReslabError, match=message.replace("[", r"\[")):

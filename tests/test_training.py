@@ -156,3 +156,21 @@ def test_flip_tta_averages_an_image_and_its_mirror():
     flipped, _ = predict(model, mirrored, torch.device("cpu"))
     both, _ = predict(model, loader, torch.device("cpu"), flip=True)
     assert torch.allclose(both, (plain + flipped) / 2, atol=1e-5)
+
+
+def test_a_resumed_run_may_train_longer_but_not_change_what_it_learns(tmp_path):
+    first = train(quick_config(tmp_path, "train.epochs=1"), progress=False)
+    (first.run_dir / "metrics.json").unlink()
+    with pytest.raises(ReslabError, match="data.split_seed=0, not 3"):
+        train(load_run_config(first.run_dir, ["data.split_seed=3"]), resume=first.run_dir, progress=False)
+    longer = train(load_run_config(first.run_dir, ["train.epochs=2"]), resume=first.run_dir, progress=False)
+    assert longer.metrics["epochs"] == 2
+    assert "epochs: 2" in (first.run_dir / "config.yaml").read_text()
+    with pytest.raises(ReslabError, match="finished run"):
+        train(load_run_config(first.run_dir, ["train.epochs=3"]), resume=first.run_dir, progress=False)
+
+
+def test_a_run_that_cannot_start_leaves_no_folder(tmp_path):
+    with pytest.raises(ReslabError, match="larger than the 1294 training images"):
+        train(quick_config(tmp_path, "train.batch_size=5000", "output.name=big"), progress=False)
+    assert not (tmp_path / "runs" / "big").exists()

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import __version__
-from .errors import ReslabError
+from .errors import Interrupted, ReslabError
 
 # Short flags, each a name for one config key (so a flag is always visible in the config).
 FLAG_KEYS = {
@@ -46,8 +46,9 @@ def cmd_train(args) -> int:
     else:
         config = load(args.config, _overrides(args))
     result = train(config, resume=Path(args.resume) if args.resume else None, progress=not args.no_progress)
-    _print_metrics(result.metrics)
-    print(f"run folder: {result.run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one table
+        _print_metrics(result.metrics)
+        print(f"run folder: {result.run_dir}")
     return 0
 
 
@@ -62,6 +63,14 @@ def cmd_evaluate(args) -> int:
     from .report.tables import metrics_table
     from .runfs import atomic_write_json
 
+    if args.output:
+        from .runfs import check_writable
+
+        if Path(args.output).is_dir():
+            raise ReslabError(f"--output {args.output} is a folder; give a file name such as metrics.json")
+        if not Path(args.output).parent.is_dir():
+            raise ReslabError(f"--output {args.output}: folder {Path(args.output).parent} does not exist")
+        check_writable(Path(args.output).parent)
     metrics = evaluate_checkpoint(Path(args.checkpoint), data=args.data, data_root=args.data_root, split=args.split,
                                   device=args.device, model=args.model)
     print(metrics_table(metrics))
@@ -341,14 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .train.loop import Interrupted
-
     try:
         return args.func(args)
-    except Interrupted as exc:  # preemption or Ctrl-C, state saved
-        print(f"reslab: {exc}", file=sys.stderr)
-        return 128 + exc.signal_number
     except ReslabError as exc:
+        if isinstance(exc, Interrupted):  # preemption or Ctrl-C, state saved
+            print(f"reslab: {exc}", file=sys.stderr)
+            return 128 + exc.signal_number
         print(f"reslab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -227,6 +227,8 @@ def _read_yaml(source: str | Path) -> dict[str, Any]:
         return yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ReslabError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ReslabError(f"cannot read config file {path}: {exc.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ReslabError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
 
@@ -305,7 +307,9 @@ def validate(config: RunConfig) -> RunConfig:
         if value not in allowed:
             raise ReslabError(f"config key '{path}' must be one of {', '.join(allowed)}, got {value!r}")
     checks = [
-        ("optim.lr", config.optim.lr > 0, "must be positive"),
+        ("optim.lr", 0 < config.optim.lr < float("inf"), "must be a positive number"),
+        ("train.seed", 0 <= config.train.seed < 2**32, "must be in [0, 2**32)"),
+        ("data.split_seed", 0 <= config.data.split_seed < 2**32, "must be in [0, 2**32)"),
         ("optim.weight_decay", config.optim.weight_decay >= 0, "must not be negative"),
         ("optim.momentum", 0 <= config.optim.momentum < 1, "must be in [0, 1)"),
         ("optim.betas", len(config.optim.betas) == 2 and all(0 <= b < 1 for b in config.optim.betas),

@@ -84,7 +84,10 @@ def hold_out(data: ArrayDataset, size: float, seed: int, what: str) -> tuple[Arr
         return data, None
     labels = data.labels.numpy()
     stratify = labels if count >= len(np.unique(labels)) else None
-    rest, held = train_test_split(np.arange(len(data)), test_size=count, random_state=seed, stratify=stratify)
+    try:
+        rest, held = train_test_split(np.arange(len(data)), test_size=count, random_state=seed, stratify=stratify)
+    except ValueError as exc:  # too few images left to hold every class
+        raise ReslabError(f"{what} of {size} cannot be held out of {len(data)} images: {exc}") from None
     return data.subset(np.sort(rest)), data.subset(np.sort(held))
 
 

@@ -45,7 +45,7 @@ def evaluate_checkpoint(path: Path, data: str | None = None, data_root: str | No
         for each in bundle.loaders():
             getattr(each, "close", lambda: None)()
     return {"model": meta["model"], "dataset": config.data.name, "split": split, "checkpoint": str(path),
-            "test": metrics}
+            split: metrics}
 
 
 def load_weights(model, state_dict: dict, source) -> None:

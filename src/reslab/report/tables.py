@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def metrics_table(metrics: dict) -> str:
     """A run's (or an evaluation's) headline figures and its per-class table."""
-    result = metrics.get("test", metrics)
+    result = metrics.get(metrics.get("split", "test"), metrics)
     lines = []
     if "model" in metrics:
         lines.append(f"{metrics['model']} on {metrics['dataset']}"

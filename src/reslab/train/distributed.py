@@ -102,6 +102,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
 
+        dtype = x.dtype
+        x = x.float()  # statistics in fp32 under bf16/fp16 autocast, as PyTorch's batch norm keeps them
         channels = x.shape[1]
         local_count = torch.tensor([x.numel() / channels], dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum((0, 2, 3)), x.square().sum((0, 2, 3)), local_count])
@@ -116,7 +118,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             self.running_var.lerp_(var.detach() * count / (count - 1), momentum)
         shape = (1, channels, 1, 1)
         out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        return out * self.weight.view(shape) + self.bias.view(shape)
+        return (out * self.weight.view(shape) + self.bias.view(shape)).to(dtype)
 
 
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:

@@ -35,7 +35,7 @@ from ..config import RunConfig, from_dict, validate
 from ..data import DataBundle, build_data
 from ..data.files import write_bad_files
 from ..data.sources import augment_defaults
-from ..errors import ReslabError
+from ..errors import Interrupted, ReslabError
 from ..evaluate.metrics import classification_metrics, running_accuracy
 from ..evaluate.multilabel import multilabel_metrics, running_subset_correct
 from .losses import AsymmetricLoss
@@ -144,14 +144,6 @@ def environment(device: torch.device, env) -> dict:
     return info
 
 
-class Interrupted(Exception):
-    """SIGTERM or SIGINT stopped training at a step boundary, after saving its state."""
-
-    def __init__(self, message: str, signal_number: int):
-        super().__init__(message)
-        self.signal_number = signal_number
-
-
 class StopRequest:
     """Turns SIGTERM/SIGINT (preemption, Ctrl-C) into a flag read at the next step."""
 
@@ -188,14 +180,15 @@ def train(config: RunConfig, resume: Path | None = None, progress: bool = True) 
     config.train.precision = resolve_precision(config.train.precision, device)
     if resume is None:
         resume = _unfinished_twin(config)
+    if config.train.precision == "fp16" and device.type == "cpu":
+        raise ReslabError("train.precision=fp16 needs a GPU; use bf16 (or auto) on the CPU")
     state = None
     if resume is not None:
         resume = Path(resume)
+        _check_same_run(resume, config)
         if (resume / "metrics.json").is_file():
             return load_result(resume)
         state = _latest_checkpoint(resume)
-        if state is not None:
-            _check_same_run(state["meta"]["config"], config, resume)
     env, device = distributed.setup(device)
     try:
         distributed.check_batch(config.train.batch_size, env)
@@ -229,19 +222,27 @@ def train(config: RunConfig, resume: Path | None = None, progress: bool = True) 
         if config.train.channels_last:
             model.to(memory_format=torch.channels_last)
 
+        if len(bundle.train) == 0:
+            raise ReslabError(f"train.batch_size {config.train.batch_size} is larger than the "
+                              f"{bundle.description['sizes']['train']} training images; lower it")
+        _warn_about_schedule(config, len(bundle.train), env)
         run_dir = resume
         if resume is None:
             name = config.output.name or f"{config.model.name}-{config.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
             run_dir = Path(config.output.dir) / distributed.broadcast(name, env)
             if env.is_main:
                 new_run_dir(Path(config.output.dir), run_dir.name)
+                (run_dir / "checkpoints").mkdir()
                 config.save(run_dir / "config.yaml")
                 atomic_write_json(run_dir / "environment.json", environment(device, env))
                 atomic_write_json(run_dir / "dataset.json", bundle.description)
-                (run_dir / "checkpoints").mkdir()
             distributed.barrier(env)
+        elif env.is_main:
+            (run_dir / "checkpoints").mkdir(exist_ok=True)  # a run stopped before its first checkpoint
         with StopRequest() as stop:
-            return _fit(config, bundle, model, meta, device, env, run_dir, state, stop, progress)
+            task, history, best = _fit(config, bundle, model, meta, device, env, run_dir, state, stop, progress)
+        # Signals are PyTorch's again here: a Ctrl-C during the final evaluation stops at once.
+        return _finish(config, bundle, task, model, meta, device, env, run_dir, history, best)
     finally:
         if "bundle" in locals():
             for loader in bundle.loaders():
@@ -256,8 +257,11 @@ def _unfinished_twin(config: RunConfig) -> Path | None:
     saved = folder / "config.yaml"
     if not saved.is_file() or (folder / "metrics.json").is_file():
         return None
-    if yaml.safe_load(saved.read_text()) != config.to_dict():
-        return None  # new_run_dir refuses it, naming --resume
+    try:
+        if read_run_yaml(folder) != config.to_dict():
+            return None  # new_run_dir refuses it, naming --resume
+    except ReslabError:
+        return None
     print(f"reslab: continuing the unfinished run in {folder}", file=sys.stderr)
     return folder
 
@@ -280,22 +284,49 @@ def _latest_checkpoint(run_dir: Path) -> dict | None:
     return None
 
 
-def _check_same_run(saved: dict, config: RunConfig, run_dir: Path) -> None:
-    for section, key in (("model", "name"), ("data", "name"), ("train", "batch_size")):
-        before, now = saved[section][key], getattr(getattr(config, section), key)
-        if before != now:
-            raise ReslabError(f"{run_dir} was trained with {section}.{key}={before}, not {now}; "
-                              "resume it with its own config or start a new run")
+# What may change when a run is continued: how long it trains and where, not what it learns from.
+RESUMABLE_CHANGES = {"train.epochs", "train.max_iters", "train.device", "train.threads", "train.eval_batch_size",
+                     "output.plots", "output.keep_last", "output.dir", "output.name"}
+
+
+def _check_same_run(run_dir: Path, config: RunConfig) -> None:
+    """Refuse to continue ``run_dir`` with another model, data, split or recipe; allowed changes
+    (a longer run, another device) are written into its config.yaml."""
+    saved = _flatten(read_run_yaml(run_dir))
+    changed = [key for key, value in _flatten(config.to_dict()).items() if saved.get(key, value) != value]
+    if not changed:
+        return
+    if (run_dir / "metrics.json").is_file():
+        raise ReslabError(f"{run_dir} is a finished run; {changed[0]} cannot change now: start a new run")
+    forbidden = [key for key in changed if key not in RESUMABLE_CHANGES]
+    if forbidden:
+        key = forbidden[0]
+        raise ReslabError(f"{run_dir} was trained with {key}={saved[key]}, not {_flatten(config.to_dict())[key]}; "
+                          f"a resumed run may only change {', '.join(sorted(RESUMABLE_CHANGES))}")
+    config.save(run_dir / "config.yaml")
+
+
+def _flatten(nested: dict) -> dict:
+    return {f"{section}.{key}": value for section, values in nested.items() for key, value in values.items()}
+
+
+def read_run_yaml(run_dir: Path) -> dict:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ReslabError(f"{run_dir} is not a reslab run folder (no config.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise ReslabError(f"{path} is not readable YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ReslabError(f"{path} is not a reslab run config")
+    return data
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
     from ..config import apply_overrides
 
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ReslabError(f"{run_dir} is not a reslab run folder (no config.yaml)")
-    config = from_dict(yaml.safe_load(path.read_text()))
-    return apply_overrides(config, overrides or [])
+    return apply_overrides(from_dict(read_run_yaml(run_dir)), overrides or [])
 
 
 # ---------------------------------------------------------------- the loop
@@ -369,9 +400,6 @@ def _fit(config, bundle: DataBundle, model, meta, device, env, run_dir: Path, st
     train_cfg = config.train
     task = Task(config, bundle.task, bundle.classes)
     train_loader, val_loader = bundle.train, bundle.val
-    if len(train_loader) == 0:
-        raise ReslabError(f"train.batch_size {train_cfg.batch_size} is larger than the "
-                          f"{bundle.description['sizes']['train']} training images; lower it")
 
     steps_per_epoch = len(train_loader)
     total_steps = _total_steps(train_cfg, steps_per_epoch)
@@ -505,7 +533,19 @@ def _fit(config, bundle: DataBundle, model, meta, device, env, run_dir: Path, st
             raise _interrupted(stop, step, epoch + 1, run_dir)
     bar.close()
     distributed.barrier(env)  # best.pt is written before any rank reads it
-    return _finish(config, bundle, task, model, meta, device, env, run_dir, history, best)
+    return task, history, best
+
+
+def _warn_about_schedule(config: RunConfig, steps_per_epoch: int, env) -> None:
+    schedule = config.schedule
+    if schedule.name != "multistep" or not schedule.milestones or not env.is_main:
+        return
+    total = _total_steps(config.train, steps_per_epoch)
+    first = schedule.milestones[0] * (steps_per_epoch if schedule.unit == "epoch" else 1)
+    if first >= total:
+        print(f"reslab: note: the first learning-rate milestone ({schedule.milestones[0]} {schedule.unit}s) lies "
+              f"beyond this run's {total} steps, so the rate stays {config.optim.lr}; set schedule.milestones or "
+              "schedule.name=cosine", file=sys.stderr)
 
 
 def _train_figures(tally: EpochTally, env) -> dict:
