@@ -287,6 +287,7 @@ def _mb(value: int | None) -> str:
 
 def write_bench(bench: dict, path: Path) -> None:
     try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(path), bench)
     except OSError as exc:
         raise ReslabError(f"cannot write {path}: {exc.strerror}") from None
