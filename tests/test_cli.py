@@ -178,5 +178,8 @@ def test_evaluate_refuses_an_output_folder_before_evaluating(trained_run, tmp_pa
     assert_clean_error(run("evaluate", str(trained_run), "--output", str(tmp_path)), "is a folder")
 
 
-def test_results_are_readable_by_others(trained_run):
-    assert (trained_run / "metrics.json").stat().st_mode & 0o044 == 0o044
+def test_result_files_follow_the_umask_not_mkstemps_0600(trained_run):
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("metrics.json", "config.yaml", "checkpoints/best.pt"):
+        assert (trained_run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

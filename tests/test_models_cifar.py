@@ -115,3 +115,11 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model(x).sum().backward()
     for before, after in zip(plain_grads, (p.grad for p in model.parameters())):
         assert torch.allclose(before, after, atol=1e-6)
+
+
+def test_exact_counts_round_to_table_6s_printed_millions():
+    from reslab.report.paper import CIFAR10_TABLE6_PARAMS_M
+
+    for name, millions in CIFAR10_TABLE6_PARAMS_M.items():
+        digits = 2 if millions < 1 else 1
+        assert round(PAPER_COUNTS[name] / 1e6, digits) == millions, name

@@ -94,22 +94,10 @@ def load_annotations(path: Path, problems: list[BadFile]):
         if not isinstance(data.get(key), list):
             raise ReslabError(f"{path} is not a COCO annotation file: it has no {key!r} list")
     where = str(path)
-    images, image_ids = [], set()
-    for number, image in enumerate(data["images"]):
-        missing = _missing(image, ("id", "file_name"))
-        if missing:
-            problems.append(BadFile(where, f"images[{number}]: no {missing!r}; image skipped"))
-            continue
-        images.append(image)
-        image_ids.add(image["id"])
-    categories, category_ids = [], set()
-    for number, category in enumerate(data["categories"]):
-        missing = _missing(category, ("id", "name"))
-        if missing:
-            problems.append(BadFile(where, f"categories[{number}]: no {missing!r}; category skipped"))
-            continue
-        categories.append(category)
-        category_ids.add(category["id"])
+    images = _complete(data["images"], ("id", "file_name"), "images", "image", where, problems)
+    image_ids = {image["id"] for image in images}
+    categories = _complete(data["categories"], ("id", "name"), "categories", "category", where, problems)
+    category_ids = {category["id"] for category in categories}
     annotations = []
     for number, annotation in enumerate(data.get("annotations") or []):
         missing = _missing(annotation, ("image_id", "category_id"))
@@ -129,6 +117,19 @@ def load_annotations(path: Path, problems: list[BadFile]):
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         coco.createIndex()
     return coco
+
+
+def _complete(entries: list, keys: tuple[str, ...], section: str, noun: str, where: str,
+              problems: list) -> list[dict]:
+    """The entries of ``section`` that have every key; the others are recorded as problems."""
+    kept = []
+    for number, entry in enumerate(entries):
+        missing = _missing(entry, keys)
+        if missing:
+            problems.append(BadFile(where, f"{section}[{number}]: no {missing!r}; {noun} skipped"))
+        else:
+            kept.append(entry)
+    return kept
 
 
 def _missing(entry, keys) -> str | None:

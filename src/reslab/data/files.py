@@ -21,7 +21,6 @@ recorded in ``FileLoader.bad_files``.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 
@@ -30,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..errors import ReslabError
-from .loader import _rank_slice, epoch_generator
+from .loader import batch_count, epoch_generator, global_batches, rank_slice
 
 DECODERS = ("torchvision", "pil")
 # Measured on 500x375 JPEGs here (benchmarks/data_loading.py): torchvision.io decodes
@@ -280,7 +279,7 @@ class EpochBatches(Sampler):
 
     The order and the global batches are DeviceLoader's: a permutation drawn from
     ``epoch_generator(seed, epoch)`` (training) or the dataset order (evaluation), cut
-    into ``batch_size`` pieces, each split among the processes by ``_rank_slice``.
+    into ``batch_size`` pieces (``global_batches``), each split among the processes by ``rank_slice``.
     Elements are (image index, augmentation seed) pairs for ``ImageFileDataset``.
     """
 
@@ -296,22 +295,16 @@ class EpochBatches(Sampler):
         self.start = 0
 
     def batch_count(self) -> int:
-        return self.count // self.batch_size if self.train else math.ceil(self.count / self.batch_size)
+        return batch_count(self.count, self.batch_size, self.train)
 
     def __len__(self) -> int:
         return max(0, self.batch_count() - self.start)
 
     def batches(self) -> list[np.ndarray]:
         """This process's image indices of every batch of the epoch (skipped ones included)."""
-        if self.train:
-            order = torch.randperm(self.count, generator=epoch_generator(self.seed, self.epoch)).numpy()
-        else:
-            order = np.arange(self.count)
-        share = []
-        for start in range(0, self.batch_count() * self.batch_size, self.batch_size):
-            index = order[start : start + self.batch_size]
-            share.append(index[_rank_slice(len(index), self.rank, self.world_size)])
-        return share
+        generator = epoch_generator(self.seed, self.epoch)
+        return [index[rank_slice(len(index), self.rank, self.world_size)].numpy()
+                for index in global_batches(self.count, self.batch_size, self.train, generator)]
 
     def __iter__(self):
         for index in self.batches()[self.start :]:

@@ -128,19 +128,15 @@ class DeviceLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        count = len(self.labels)
-        return count // self.batch_size if self.train else math.ceil(count / self.batch_size)
+        return batch_count(len(self.labels), self.batch_size, self.train)
 
     def batch_indices(self) -> list[tuple[torch.Tensor, dict]]:
         """Per batch: this rank's indices and its share of the augmentation parameters."""
-        count = len(self.labels)
         generator = epoch_generator(self.seed, self.epoch)
-        order = torch.randperm(count, generator=generator) if self.train else torch.arange(count)
         batches = []
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start : start + self.batch_size]
+        for index in global_batches(len(self.labels), self.batch_size, self.train, generator):
             params = self.augment.draw(len(index), generator) if self.augment else {}
-            share = _rank_slice(len(index), self.rank, self.world_size)
+            share = rank_slice(len(index), self.rank, self.world_size)
             batches.append((index[share], {k: v[share] for k, v in params.items()}))
         return batches
 
@@ -165,6 +161,21 @@ class DeviceLoader:
             yield images, self.labels[index]
 
 
-def _rank_slice(size: int, rank: int, world_size: int) -> slice:
+def batch_count(count: int, batch_size: int, train: bool) -> int:
+    """Training drops the last partial batch; evaluation keeps every image."""
+    return count // batch_size if train else math.ceil(count / batch_size)
+
+
+def global_batches(count: int, batch_size: int, train: bool, generator: torch.Generator) -> list[torch.Tensor]:
+    """An epoch's global batches of indices: a permutation drawn from ``generator`` for
+    training, the dataset's order for evaluation. Shared by the in-memory and file loaders,
+    so both see the same batches for the same (seed, epoch)."""
+    order = torch.randperm(count, generator=generator) if train else torch.arange(count)
+    return [order[start : start + batch_size]
+            for start in range(0, batch_count(count, batch_size, train) * batch_size, batch_size)]
+
+
+def rank_slice(size: int, rank: int, world_size: int) -> slice:
+    """This process's contiguous share of a global batch of ``size``."""
     per_rank = math.ceil(size / world_size)
     return slice(rank * per_rank, min(size, (rank + 1) * per_rank))

@@ -396,7 +396,8 @@ class Task:
 
 
 def _fit(config, bundle: DataBundle, model, meta, device, env, run_dir: Path, state, stop: StopRequest,
-         progress: bool) -> RunResult:
+         progress: bool) -> tuple[Task, list[dict], dict]:
+    """The epochs: train, validate, checkpoint. Returns the task, the history and the best epoch."""
     train_cfg = config.train
     task = Task(config, bundle.task, bundle.classes)
     train_loader, val_loader = bundle.train, bundle.val
@@ -415,6 +416,7 @@ def _fit(config, bundle: DataBundle, model, meta, device, env, run_dir: Path, st
     scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
     criterion = task.criterion
+
     def wrap(model):
         network = model
         if env.enabled:  # built for the parameters that train now: rebuilt when more are unfrozen
