@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser demo test study bench clean
+.PHONY: setup browser real-data demo test study bench time-to-accuracy clean
 
 setup: $(VENV)/.installed
 
@@ -25,7 +25,14 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-test: setup browser
+# Real images: Debian's Fashion-MNIST (70,000 28x28 images, the original IDX files) in
+# /usr/share/datasets/fashion-mnist; the real-data test trains on it.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+real-data:
+	@test -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
+
+test: setup browser real-data
 	$(BIN)/python -m pytest -n 2 --durations=10
 
 study: setup
@@ -34,6 +41,9 @@ study: setup
 bench: setup
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/reslab bench --models resnet20,resnet56 --batch-sizes 1,128 --precisions fp32,bf16 --json runs/bench.json
+
+time-to-accuracy: setup real-data
+	$(BIN)/python benchmarks/time_to_accuracy.py --data-root $(FASHION_MNIST)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -131,15 +131,53 @@ def test_training_variants_learn(tmp_path, overrides):
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
 
-def test_ema_weights_are_what_is_evaluated_and_resumed(tmp_path):
+def test_ema_and_live_weights_are_both_validated_and_the_better_is_kept(tmp_path):
     result = train(quick_config(tmp_path, "train.ema=0.5", "train.epochs=2"), progress=False)
     state = load_checkpoint(epoch_checkpoints(result.run_dir)[-1])
     best = load_checkpoint(result.run_dir / "checkpoints" / "best.pt")
-    averaged = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-    raw = state["model"]
-    assert not torch.equal(averaged["fc.weight"], raw["fc.weight"])
+    averaged, live = state["ema"]["module"], state["model"]
+    assert state["ema"]["updates"] == result.metrics["steps"]
+    assert not torch.equal(averaged["fc.weight"], live["fc.weight"])
+    for row in result.history:
+        assert row["val_accuracy"] is not None and row["ema_val_accuracy"] is not None
+    row = result.history[best["epoch"] - 1]
+    chosen = "ema" if row["ema_val_accuracy"] > row["val_accuracy"] else "live"
+    if row["ema_val_accuracy"] == row["val_accuracy"]:
+        chosen = "ema" if row["ema_val_loss"] < row["val_loss"] else "live"
+    assert best["weights"] == result.metrics["best_weights"] == chosen
     if best["epoch"] == 2:
-        assert torch.equal(best["model"]["fc.weight"], averaged["fc.weight"])
+        assert torch.equal(best["model"]["fc.weight"], (averaged if chosen == "ema" else live)["fc.weight"])
+
+
+def test_ema_decay_warms_up_and_batchnorm_statistics_belong_to_the_averaged_weights():
+    from reslab.data import DeviceLoader
+    from reslab.data.arrays import ArrayDataset
+    from reslab.models import create_model
+    from reslab.train.ema import ModelEma
+
+    model = create_model("resnet8", in_channels=1)
+    ema = ModelEma(model, 0.999)
+    assert ema.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0): the first update mostly copies
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    before = next(ema.module.parameters()).clone()
+    ema.update(model)
+    assert torch.allclose(next(ema.module.parameters()), before + 0.9)
+    for _ in range(20_000):
+        ema.updates += 1
+    assert ema.current_decay() == 0.999
+
+    data = ArrayDataset(torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8), torch.arange(64) % 10)
+    loader = DeviceLoader(data, 16, "cpu", [0.5], [0.25], train=True, seed=3)
+    loader.set_epoch(7)
+    ema.recompute_batchnorm(loader, batches=2)
+    assert loader.epoch == 7  # the training loader's own epoch is left as it was
+    first = ema.module.bn1.running_mean.clone()
+    assert not torch.equal(first, torch.zeros_like(first))
+    ema.recompute_batchnorm(loader, batches=2)
+    assert torch.equal(ema.module.bn1.running_mean, first)  # the same fixed batches every time
+    assert not ema.module.training
 
 
 def test_flip_tta_averages_an_image_and_its_mirror():

@@ -39,6 +39,7 @@ class DataConfig:
     download: bool = True  # fetch a missing dataset (needs the network)
     val_size: float = 0.1  # held out of the training set: a fraction, or a count if >= 1
     test_size: float = 0.2  # datasets without an official test split (digits): the held-out part
+    train_size: float | None = None  # train on a stratified subset of this many images (a fraction if < 1); None: all
     split_seed: int = 0  # the train/val/test split; fixed across training seeds so runs compare
     # auto: the pretrained weights' own (imagenet for torchvision, inception [-1, 1] for Keras .h5), else dataset
     normalization: str = "auto"  # auto, dataset (train split's mean/std), imagenet, inception, none
@@ -116,7 +117,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     threads: int | None = None  # CPU intra-op threads; None leaves PyTorch's default
     sync_bn: bool = False  # batch-norm statistics over the global batch of all processes
-    ema: float | None = None  # keep an exponential moving average of the weights (decay, e.g. 0.999); evaluate it
+    # Keep an exponential moving average of the weights (decay, e.g. 0.999; it warms up as
+    # min(decay, (1+n)/(10+n))); both are validated each epoch and the better one is kept.
+    ema: float | None = None
+    ema_bn_batches: int = 32  # training batches the averaged weights' batch-norm statistics are recomputed on
     tta: bool = False  # test-time augmentation: average the logits of each image and its mirror image
 
 
@@ -324,10 +328,13 @@ def validate(config: RunConfig) -> RunConfig:
          "or train.max_iters must be set"),
         ("train.label_smoothing", 0 <= config.train.label_smoothing < 1, "must be in [0, 1)"),
         ("train.ema", config.train.ema is None or 0 < config.train.ema < 1, "must be in (0, 1)"),
+        ("train.ema_bn_batches", config.train.ema_bn_batches >= 1, "must be at least 1"),
         ("train.threads", config.train.threads is None or config.train.threads >= 1, "must be at least 1"),
         ("optim.lr_reference_batch", config.optim.lr_reference_batch is None or config.optim.lr_reference_batch >= 1,
          "must be at least 1"),
         ("data.val_size", config.data.val_size >= 0, "must not be negative"),
+        ("data.train_size", config.data.train_size is None or 0 < config.data.train_size < float("inf"),
+         "must be a positive fraction or count"),
         ("data.image_size", config.data.image_size is None or config.data.image_size >= 1, "must be at least 1"),
         ("data.resize_size", config.data.resize_size is None or config.data.resize_size >= 1, "must be at least 1"),
         ("data.workers", config.data.workers is None or config.data.workers >= 0, "must not be negative"),

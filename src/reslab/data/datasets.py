@@ -44,6 +44,9 @@ def load_splits(config: DataConfig) -> DatasetSplits:
     if test is None or len(test) == 0:
         raise ReslabError(f"{config.name}: the test split is empty")
     train, val = hold_out(train, config.val_size, config.split_seed, "data.val_size")
+    if config.train_size is not None:  # a stratified subset, drawn after the validation split so it stays fixed
+        _, train = hold_out(train, training_subset(config.train_size, len(train)), config.split_seed,
+                            "data.train_size")
     if config.channels is not None and config.channels != train.images.shape[1]:
         if (train.images.shape[1], config.channels) != (1, 3):
             raise ReslabError(f"data.channels={config.channels}: {config.name} has {train.images.shape[1]}-channel "
@@ -51,6 +54,15 @@ def load_splits(config: DataConfig) -> DatasetSplits:
         train, val, test = (_to_rgb(d) if d is not None else None for d in (train, val, test))
     mean, std = channel_stats(train.images)
     return DatasetSplits(config.name, classes, train, val, test, mean, std, source)
+
+
+def training_subset(size: float, available: int) -> int:
+    """``data.train_size`` as a count, refused when it is not smaller than what there is."""
+    count = int(round(size * available)) if size < 1 else int(size)
+    if not 1 <= count < available:
+        raise ReslabError(f"data.train_size={size} must pick between 1 and {available - 1} of the {available} "
+                          "training images (leave it empty to train on all)")
+    return count
 
 
 def _to_rgb(data: ArrayDataset) -> ArrayDataset:

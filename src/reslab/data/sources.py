@@ -56,6 +56,7 @@ class DataOptions:
     download: bool = True
     val_size: float = 0.1
     test_size: float = 0.2
+    train_size: float | None = None
     split_seed: int = 0
     normalization: str = "auto"  # file datasets: auto and dataset mean the ImageNet statistics
     image_size: int | None = None  # file datasets: the crop side the model sees (None: 224, COCO 448)
@@ -242,18 +243,26 @@ def memory_normalization(kind: str, splits) -> tuple[list[float], list[float]]:
 
 def read_file_splits(options: DataOptions) -> FileSplits:
     """The image lists of a file dataset (no file is opened but the annotations)."""
+    from .datasets import training_subset
+    from .folders import split_off
+
     root = Path(options.root).expanduser()
     if options.name == "folder":
         from .folders import read_folder
 
-        return read_folder(root, options.val_size, options.test_size, options.split_seed)
-    if options.name == "imagenet":
+        splits = read_folder(root, options.val_size, options.test_size, options.split_seed)
+    elif options.name == "imagenet":
         from .imagenet import read_imagenet
 
-        return read_imagenet(root, options.val_size, options.split_seed)
-    from .coco import read_coco
+        splits = read_imagenet(root, options.val_size, options.split_seed)
+    else:
+        from .coco import read_coco
 
-    return read_coco(root, options.coco_year, options.keep_unannotated, options.val_size, options.split_seed)
+        splits = read_coco(root, options.coco_year, options.keep_unannotated, options.val_size, options.split_seed)
+    if options.train_size is not None:
+        count = training_subset(options.train_size, len(splits.train))
+        _, splits.train = split_off(splits.train, count, options.split_seed, "data.train_size")
+    return splits
 
 
 def file_normalization(kind: str) -> tuple[list[float], list[float]]:

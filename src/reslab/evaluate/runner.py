@@ -13,7 +13,10 @@ from ..train.loop import Task, build_model, predict
 
 
 def evaluate_checkpoint(path: Path, data: str | None = None, data_root: str | None = None, split: str = "test",
-                        device: str = "auto", model: str | None = None, batch_size: int = 512) -> dict:
+                        device: str = "auto", model: str | None = None, batch_size: int = 512,
+                        weights: str = "live") -> dict:
+    """Metrics of a checkpoint on a split; ``weights="ema"`` evaluates the averaged weights an
+    epoch checkpoint of a run with ``train.ema`` holds beside the live ones."""
     state = load_checkpoint(path)
     meta = state["meta"]
     if model is not None and meta["model"] != model:
@@ -34,7 +37,7 @@ def evaluate_checkpoint(path: Path, data: str | None = None, data_root: str | No
                 f"{config.data.name} has {bundle.num_classes} classes of {bundle.in_channels}-channel images"
             )
         network = build_model(meta)
-        load_weights(network, state["model"], path)
+        load_weights(network, _weights(state, weights, path), path)
         network.to(target)
         loader = bundle.test if split == "test" else bundle.val
         if loader is None:
@@ -53,3 +56,11 @@ def load_weights(model, state_dict: dict, source) -> None:
     from ..models.weights import load_state_dict_flexible
 
     load_state_dict_flexible(model, state_dict, source=str(source))
+
+
+def _weights(state: dict, weights: str, path) -> dict:
+    if weights == "live":
+        return state["model"]
+    if not state.get("ema"):
+        raise ReslabError(f"{path} holds no averaged weights (a best.pt, or a run without train.ema)")
+    return state["ema"]["module"]

@@ -21,14 +21,15 @@ def save_figure(figure, path: Path) -> None:
 
 
 def plot_history(history: list[dict], path: Path, title: str = "") -> None:
-    """Loss and accuracy against epoch, train and validation."""
+    """Loss and accuracy against epoch: training, validation, and the averaged weights' validation."""
     epochs = [row["epoch"] for row in history]
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
     loss_axis.plot(epochs, [row["train_loss"] for row in history], label="train")
     accuracy_axis.plot(epochs, [row["train_accuracy"] for row in history], label="train")
-    if history and history[0].get("val_loss") is not None:
-        loss_axis.plot(epochs, [row["val_loss"] for row in history], label="validation")
-        accuracy_axis.plot(epochs, [row["val_accuracy"] for row in history], label="validation")
+    for prefix, label in (("val_", "validation"), ("ema_val_", "validation, averaged weights")):
+        if history and history[0].get(prefix + "loss") is not None:
+            loss_axis.plot(epochs, [row[prefix + "loss"] for row in history], label=label)
+            accuracy_axis.plot(epochs, [row[prefix + "accuracy"] for row in history], label=label)
     for axis, name in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
         axis.set_xlabel("epoch")
         axis.set_ylabel(name)

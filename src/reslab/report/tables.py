@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 
+WEIGHTS = {"live": "live (as trained)", "ema": "averaged (EMA), better on validation"}
+
+
 def metrics_table(metrics: dict) -> str:
     """A run's (or an evaluation's) headline figures and its per-class table."""
     result = metrics.get(metrics.get("split", "test"), metrics)
@@ -25,6 +28,8 @@ def metrics_table(metrics: dict) -> str:
         if key in metrics:
             value = metrics[key]
             lines.append(f"  {name:<18} {value:,.0f}" if isinstance(value, float) else f"  {name:<18} {value:,}")
+    if "best_weights" in metrics:  # which weights the test figures are of
+        lines.append(f"  {'weights':<18} {WEIGHTS[metrics['best_weights']]}")
     lines.append("")
     lines.append(f"  {'class':<16} {'precision':>9} {'recall':>9} {'F1':>9} {'support':>8}")
     for row in result["per_class"]:

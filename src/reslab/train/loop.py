@@ -27,7 +27,6 @@ import torch
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .. import __version__
@@ -45,11 +44,14 @@ from ..models.transfer import freeze, parameter_groups
 from ..runfs import atomic_write_json, atomic_write_text, new_run_dir
 from . import distributed
 from .checkpoint import epoch_checkpoints, load_checkpoint, prune, save_checkpoint
+from .ema import ModelEma
 from .device import configure, resolve_device, rng_state, seed_everything, set_rng_state
 from .optim import build_optimizer, build_scheduler
 
-HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_error",
-                  "val_macro_f1", "val_map", "epoch_seconds", "images_per_second"]
+# val_* are the live weights' figures; ema_val_* the averaged weights' (runs with train.ema).
+VAL_FIGURES = ["loss", "accuracy", "error", "macro_f1", "map"]
+HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_accuracy", *(f"val_{k}" for k in VAL_FIGURES),
+                  *(f"ema_val_{k}" for k in VAL_FIGURES), "epoch_seconds", "images_per_second"]
 
 
 @dataclass
@@ -424,10 +426,7 @@ def _fit(config, bundle: DataBundle, model, meta, device, env, run_dir: Path, st
         return torch.compile(network) if train_cfg.compile else network
 
     freeze_mode = None
-    # Polyak averaging of weights and BN statistics; evaluated and saved in place of the raw weights.
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema), use_buffers=True)
-           if train_cfg.ema else None)
-    evaluated = ema.module if ema is not None else model
+    ema = ModelEma(model, train_cfg.ema) if train_cfg.ema else None
 
     start_epoch, start_batch, step, best, history = 0, 0, 0, None, []
     tally = EpochTally.zero(device)
@@ -479,7 +478,7 @@ def _fit(config, bundle: DataBundle, model, meta, device, env, run_dir: Path, st
             scaler.update()
             scheduler.step()
             if ema is not None:
-                ema.update_parameters(model)
+                ema.update(model)
             step += 1
             tally.loss_sum += loss.detach() * len(targets)
             tally.correct += task.correct(logits.detach(), targets)
@@ -504,21 +503,30 @@ def _fit(config, bundle: DataBundle, model, meta, device, env, run_dir: Path, st
         row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                **_train_figures(tally, env), "epoch_seconds": tally.seconds}
         row["images_per_second"] = tally.seen * env.world_size / tally.seconds
+        if ema is not None:
+            ema.recompute_batchnorm(train_loader, train_cfg.ema_bn_batches, env)
+        candidates = {"live": model, **({"ema": ema.module} if ema is not None else {})}
         if val_loader is not None:
-            val = task.metrics(*predict(evaluated, val_loader, device, train_cfg.precision, env, flip=train_cfg.tta))
-            row.update(val_loss=val["loss"], val_accuracy=val["accuracy"], val_error=val["error"],
-                       val_macro_f1=val["macro_f1"], val_map=val.get("map"))
-            score = task.score(val)
+            scores = {}
+            for weights, network in candidates.items():
+                val = task.metrics(*predict(network, val_loader, device, train_cfg.precision, env,
+                                            flip=train_cfg.tta))
+                prefix = "val_" if weights == "live" else "ema_val_"
+                row.update({prefix + key: val.get(key) for key in VAL_FIGURES})
+                scores[weights] = task.score(val)
+            weights = max(scores, key=scores.get)  # the live weights on a tie
+            score = scores[weights]
             is_best = best is None or score > tuple(best["score"])
-        else:  # no validation split: the last epoch is the one kept
+        else:  # no validation split: the last epoch is the one kept, averaged weights if any
+            weights = "ema" if ema is not None else "live"
             score, is_best = (row["train_accuracy"], -row["train_loss"]), True
         history.append(row)
         if is_best:
-            best = {"epoch": epoch + 1, "score": list(score)}
+            best = {"epoch": epoch + 1, "score": list(score), "weights": weights}
         if env.is_main:
             if is_best:
-                _save(run_dir / "checkpoints" / "best.pt", {"model": evaluated.state_dict(), "meta": meta,
-                                                            "epoch": epoch + 1})
+                _save(run_dir / "checkpoints" / "best.pt", {"model": candidates[weights].state_dict(), "meta": meta,
+                                                            "epoch": epoch + 1, "weights": weights})
             epoch_path = run_dir / "checkpoints" / f"epoch-{epoch + 1:04d}.pt"
             _save(epoch_path, checkpoint(epoch + 1, 0, None))
             _link_last(epoch_path)
@@ -526,6 +534,8 @@ def _fit(config, bundle: DataBundle, model, meta, device, env, run_dir: Path, st
             _write_history(run_dir / "history.csv", history)
         if show:
             val_text = f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}" if val_loader else ""
+            if val_loader and ema is not None:
+                val_text += f"  ema val loss {row['ema_val_loss']:.4f} acc {row['ema_val_accuracy']:.4f}"
             bar.write(f"epoch {epoch + 1}/{epochs}  train loss {row['train_loss']:.4f} "
                       f"acc {row['train_accuracy']:.4f}{val_text}  {row['images_per_second']:.0f} img/s")
         if step >= total_steps:
@@ -662,7 +672,7 @@ def _finish(config, bundle: DataBundle, task: Task, model, meta, device, env, ru
     metrics = {
         "model": config.model.name, "dataset": config.data.name, "seed": config.train.seed,
         "epochs": len(history), "steps": history[-1]["step"] if history else 0,
-        "best_epoch": best["epoch"], "selected_on": "validation" if bundle.val is not None else "last epoch",
+        "best_epoch": best["epoch"], "best_weights": best.get("weights", "live"), "selected_on": "validation" if bundle.val is not None else "last epoch",
         "task": bundle.task, "bad_files": len(bad_files),
         "parameters": counts["parameters"], "macs": count_macs(model, input_shape),
         "train_seconds": train_seconds, "images_per_second": images / max(train_seconds, 1e-9),
