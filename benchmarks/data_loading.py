@@ -146,7 +146,7 @@ def main() -> None:
         for decoder, rates in decoding.items():
             print(f"| {decoder} | {rates['decode']:.0f} | {rates['crop']:.0f} |")
         loading = loader_rates(folder, args.batch_size, args.repeats)
-        print("\nFileLoader: decode + RandomResizedCrop(224) + flip in the workers, normalisation in the "
+        print("\nFileLoader: decode + RandomResizedCrop(224) + flip in the workers, normalization in the "
               f"training process (CPU), batch {args.batch_size}, one epoch per pass:\n")
         print("| workers | pil (img/s) | torchvision (img/s) |")
         print("|---:|---:|---:|")

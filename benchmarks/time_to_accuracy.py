@@ -42,7 +42,7 @@ from reslab import create_model
 from reslab.config import load
 from reslab.data.datasets import load_splits
 from reslab.evaluate.runner import evaluate_checkpoint
-from reslab.train.checkpoint import epoch_checkpoints
+from reslab.checkpoint import epoch_checkpoints
 from reslab.train.loop import train
 
 RESULTS = Path(__file__).parent / "results"

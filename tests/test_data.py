@@ -162,7 +162,7 @@ def _dataset(count=64, size=8):
     return ArrayDataset(images, torch.arange(count) % 10)
 
 
-def test_eval_loader_keeps_order_and_normalises():
+def test_eval_loader_keeps_order_and_normalizes():
     data = _dataset(10)
     loader = DeviceLoader(data, 4, "cpu", [0.5] * 3, [0.25] * 3, train=False)
     batches = list(loader)

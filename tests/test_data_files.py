@@ -21,7 +21,7 @@ from reslab.data.coco import read_coco
 from reslab.data.files import BadImage, FileLoader, ImageList, decode, write_bad_files
 from reslab.data.folders import read_folder
 from reslab.data.imagenet import read_imagenet
-from reslab.data.sources import AugmentOptions, DataOptions
+from reslab.config import AugmentConfig, DataConfig
 from reslab.data.transforms import BatchMix, ImagePipeline, cutmix_batch, eval_transform, mixup_batch, train_transform
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -327,7 +327,7 @@ def test_coco_annotations_with_missing_keys_or_unknown_ids_are_skipped_and_repor
     assert any("no 'category_id'" in r for r in reasons) and any("no 'file_name'" in r for r in reasons)
     assert splits.train.targets[2].tolist() == [1, 0, 0]  # c.jpg (id 207) got its annotation
     with pytest.raises(ReslabError, match=r"instances_train2017.json: images\[5\]: no 'file_name'.*4 problem"):
-        build_data(DataOptions(name="coco", root=str(tmp_path), strict=True, workers=0, val_size=0))
+        build_data(DataConfig(name="coco", root=str(tmp_path), strict=True, workers=0, val_size=0))
 
 
 # ---------------------------------------------------------------- decoding and bad files
@@ -410,7 +410,7 @@ def test_evaluation_drops_bad_files_and_counts_each_good_image_once(tmp_path):
 
 def test_bad_files_go_to_bad_files_txt_through_the_bundle(tmp_path):
     bad = bad_folder(tmp_path / "data")
-    bundle = build_data(DataOptions(name="folder", root=str(tmp_path / "data"), workers=0, val_size=0,
+    bundle = build_data(DataConfig(name="folder", root=str(tmp_path / "data"), workers=0, val_size=0,
                                     test_size=0.5, image_size=32), batch_size=2, eval_batch_size=4)
     for _ in bundle.test:
         pass
@@ -425,7 +425,7 @@ def test_bad_files_go_to_bad_files_txt_through_the_bundle(tmp_path):
 def test_strict_mode_refuses_the_dataset_up_front_naming_a_bad_file(tmp_path):
     bad = bad_folder(tmp_path)
     with pytest.raises(ReslabError) as error:
-        build_data(DataOptions(name="folder", root=str(tmp_path), strict=True, workers=0, image_size=32))
+        build_data(DataConfig(name="folder", root=str(tmp_path), strict=True, workers=0, image_size=32))
     message = str(error.value)
     assert any(str(p) in message for p in bad) and "3 bad image file(s)" in message
 
@@ -455,7 +455,7 @@ def test_an_unreadable_directory_is_skipped_and_reported_or_refused_when_strict(
         assert reported == [(str(locked), "unreadable directory: Permission denied")]
         assert len(splits.train) + len(splits.test) == 8
         with pytest.raises(ReslabError, match="locked: unreadable directory"):
-            build_data(DataOptions(name="folder", root=str(tmp_path), strict=True, workers=0, test_size=2))
+            build_data(DataConfig(name="folder", root=str(tmp_path), strict=True, workers=0, test_size=2))
     finally:
         locked.chmod(0o755)
 
@@ -517,7 +517,7 @@ def test_resume_in_mid_epoch_gives_the_remaining_batches_without_reading_the_ski
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[3:], rest))
 
 
-def test_evaluation_keeps_order_every_image_and_normalises_on_the_device(image_list):
+def test_evaluation_keeps_order_every_image_and_normalizes_on_the_device(image_list):
     evaluation = loader(image_list, batch_size=8, train=False)
     batches = epoch_batches(evaluation)
     assert len(evaluation) == 3 and [len(y) for _, y in batches] == [8, 8, 4]
@@ -600,7 +600,7 @@ def test_single_label_mixing_goes_through_torchvision_and_gives_probability_rows
 
 
 def test_build_data_for_an_in_memory_dataset_gives_device_loaders():
-    bundle = build_data(DataOptions(name="digits"), batch_size=64, eval_batch_size=128)
+    bundle = build_data(DataConfig(name="digits"), batch_size=64, eval_batch_size=128)
     assert bundle.task == "single-label" and bundle.in_channels == 1 and bundle.image_size == [8, 8]
     assert len(bundle.classes) == 10 and bundle.description["loader"] == "device"
     images, labels = next(bundle.train.iterate(0))
@@ -609,15 +609,15 @@ def test_build_data_for_an_in_memory_dataset_gives_device_loaders():
 
 def test_build_data_refuses_bad_values_naming_the_key():
     with pytest.raises(ReslabError, match="'augment.auto_augment' must be one of"):
-        build_data(DataOptions(name="folder"), AugmentOptions(auto_augment="random"))
+        build_data(DataConfig(name="folder"), AugmentConfig(auto_augment="random"))
     with pytest.raises(ReslabError, match="'data.decoder'"):
-        build_data(DataOptions(name="folder", decoder="opencv"))
+        build_data(DataConfig(name="folder", decoder="opencv"))
 
 
 def test_a_multilabel_training_step_on_coco_files(tmp_path):
     write_coco(tmp_path)
-    bundle = build_data(DataOptions(name="coco", root=str(tmp_path), image_size=32, workers=0, val_size=0),
-                        AugmentOptions(mixup=0.5), batch_size=2, eval_batch_size=4, seed=0)
+    bundle = build_data(DataConfig(name="coco", root=str(tmp_path), image_size=32, workers=0, val_size=0),
+                        AugmentConfig(mixup=0.5), batch_size=2, eval_batch_size=4, seed=0)
     assert bundle.task == "multi-label" and bundle.classes == ["person", "car", "dog"]
     assert bundle.image_size == [32, 32] and bundle.description["test_split"] == "val2017"
     model = reslab.create_model("resnet8", num_classes=bundle.num_classes, in_channels=bundle.in_channels)

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import quick_config
 from test_data_files import write_classes, write_coco
-from reslab.train.checkpoint import load_checkpoint
+from reslab.checkpoint import load_checkpoint
 from reslab.train.loop import train
 
 

@@ -28,7 +28,8 @@ from reslab.inference.gradcam import GradCAM, gallery, grad_cam
 from reslab.inference.predict import load_images, load_model
 from reslab.inference.server import make_server
 from reslab.models import StagedModel
-from reslab.train.loop import predict, train
+from reslab.evaluate.predict import predict
+from reslab.train.loop import train
 
 
 @pytest.fixture(scope="module")

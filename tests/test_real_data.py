@@ -9,7 +9,7 @@ import pytest
 
 from reslab.config import load
 from reslab.evaluate.runner import evaluate_checkpoint
-from reslab.train.checkpoint import epoch_checkpoints
+from reslab.checkpoint import epoch_checkpoints
 from reslab.train.loop import train
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -14,14 +14,14 @@ from types import SimpleNamespace
 import matplotlib.image
 import pytest
 
-import reslab.report.study as study_module
-import reslab.train.loop as loop
+import reslab.experiments.study as study_module
+import reslab.train.run_folder as run_folder
 from reslab import ReslabError
 from reslab.cli import main
-from reslab.report.bench import FIELDS, run_bench
+from reslab.experiments.bench import FIELDS, run_bench
 from reslab.report.paper import paper_error, reference_error
 from reslab.report.report import Run, build_report, depth_findings, run_row, summary_rows
-from reslab.report.study import load_study, plan, run_state, run_study, study_from_dict
+from reslab.experiments.study import load_study, plan, run_state, run_study, study_from_dict
 
 STUDY = {"recipe": "demo-digits", "models": ["resnet8", "plain8"], "seeds": [0, 1],
          "overrides": ["train.epochs=1", "train.batch_size=128", "output.plots=false"]}
@@ -37,7 +37,7 @@ def _snapshot(folder: Path) -> dict:
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "depth"
     calls, lines = [], {"first": [], "second": [], "third": []}
-    real_train, real_history = study_module.train, loop._write_history
+    real_train, real_history = study_module.train, run_folder.write_history
 
     def counting_train(config, resume=None, progress=True):
         calls.append((config.model.name, config.train.seed, resume is not None))
@@ -50,10 +50,10 @@ def study(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(study_module, "train", counting_train)
-        patch.setattr(loop, "_write_history", killed_in_third_run)
+        patch.setattr(run_folder, "write_history", killed_in_third_run)
         with pytest.raises(RuntimeError, match="simulated kill"):
             run_study(study_from_dict({**STUDY, "out": str(out)}), progress=False, log=lines["first"].append)
-        patch.setattr(loop, "_write_history", real_history)
+        patch.setattr(run_folder, "write_history", real_history)
         first_calls = list(calls)
         state_after_kill = {name: run_state(out / name) for name in RUN_NAMES}
         manifest_after_kill = json.loads((out / "study.json").read_text())

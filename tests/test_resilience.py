@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reslab.train.checkpoint import load_checkpoint
+from reslab.checkpoint import load_checkpoint
 
 ARGS = ["--config", "demo-digits", "--model", "resnet14", "--epochs", "4", "train.deterministic=true",
         "train.batch_size=128", "augment.rotation=5", "--no-progress"]
@@ -94,7 +94,7 @@ def test_sigterm_saves_at_a_step_boundary_and_resumes_exactly(reference, tmp_pat
 
 
 def test_a_killed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
-    from reslab.train import checkpoint
+    from reslab import checkpoint
 
     path = tmp_path / "epoch-0001.pt"
     checkpoint.save_checkpoint(path, {"model": {"w": torch.ones(3)}, "meta": {}})
@@ -144,12 +144,12 @@ def test_two_processes_with_half_batches_equal_one_process(tmp_path):
 def test_a_full_disk_fails_clearly_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     import errno
 
-    import reslab.train.loop as loop
+    import reslab.train.run_folder as run_folder
     from conftest import quick_config
     from reslab import ReslabError
     from reslab.train.loop import train
 
-    real = loop.save_checkpoint
+    real = run_folder.save_checkpoint
     saves = []
 
     def disk_fills_up(path, state):
@@ -158,7 +158,7 @@ def test_a_full_disk_fails_clearly_and_keeps_the_last_good_checkpoint(tmp_path, 
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, state)
 
-    monkeypatch.setattr(loop, "save_checkpoint", disk_fills_up)
+    monkeypatch.setattr(run_folder, "save_checkpoint", disk_fills_up)
     with pytest.raises(ReslabError, match="No space left on device.*intact"):
         train(quick_config(tmp_path, "output.name=full", "train.epochs=3"), progress=False)
     kept = load_checkpoint(tmp_path / "runs" / "full" / "checkpoints" / "last.pt")
@@ -176,7 +176,7 @@ def test_an_unwritable_output_folder_is_found_before_training(tmp_path, monkeypa
 
     monkeypatch.setattr(runfs, "check_writable", read_only)
     started = []
-    monkeypatch.setattr("reslab.train.loop._fit", lambda *a, **k: started.append(1))
+    monkeypatch.setattr("reslab.train.loop.fit", lambda *a, **k: started.append(1))
     with pytest.raises(ReslabError, match="not writable"):
         train(quick_config(tmp_path), progress=False)
     assert not started

@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 
-import reslab.train.loop as loop
+import reslab.train.run_folder as run_folder
 from conftest import quick_config
 from reslab import ReslabError
 from reslab.config import load
-from reslab.train.checkpoint import epoch_checkpoints, load_checkpoint
-from reslab.train.loop import load_run_config, train
+from reslab.checkpoint import epoch_checkpoints, load_checkpoint
+from reslab.train.loop import train
+from reslab.train.run_folder import load_run_config
 
 
 def test_resnet20_reaches_95_percent_on_digits(tmp_path):
@@ -60,17 +61,17 @@ def test_resume_after_a_crash_gives_the_same_result(tmp_path, monkeypatch):
     whole = train(quick_config(tmp_path, *overrides, "output.name=whole"), progress=False)
 
     # Crash right after the second epoch's checkpoint is written.
-    real = loop._write_history
+    real = run_folder.write_history
 
     def crash_after_two(path, history):
         real(path, history)
         if len(history) == 2:
             raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(loop, "_write_history", crash_after_two)
+    monkeypatch.setattr(run_folder, "write_history", crash_after_two)
     with pytest.raises(RuntimeError):
         train(quick_config(tmp_path, *overrides, "output.name=crashed"), progress=False)
-    monkeypatch.setattr(loop, "_write_history", real)
+    monkeypatch.setattr(run_folder, "write_history", real)
     crashed = tmp_path / "runs" / "crashed"
     assert not (crashed / "metrics.json").exists()
 
@@ -184,7 +185,7 @@ def test_flip_tta_averages_an_image_and_its_mirror():
     from reslab.data import DeviceLoader
     from reslab.data.arrays import ArrayDataset
     from reslab.models import create_model
-    from reslab.train.loop import predict
+    from reslab.evaluate.predict import predict
 
     model = create_model("resnet8", in_channels=1).eval()
     data = ArrayDataset(torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8), torch.arange(6))

@@ -7,7 +7,7 @@ import torchvision
 
 from conftest import quick_config
 from reslab import ReslabError
-from reslab.train.checkpoint import load_checkpoint
+from reslab.checkpoint import load_checkpoint
 from reslab.data.sources import IMAGENET_STATS
 from reslab.train.loop import train
 
@@ -37,7 +37,7 @@ def test_frozen_backbone_keeps_pretrained_weights_and_statistics(tmp_path, torch
         assert torch.equal(final[key], pretrained[key]), key
     assert final["fc.weight"].shape == (10, 512)
     assert result.metrics["test"]["accuracy"] > 0.2  # a linear probe on random features still beats chance
-    # torchvision weights expect ImageNet normalisation, chosen automatically
+    # torchvision weights expect ImageNet normalization, chosen automatically
     assert load_checkpoint(result.run_dir)["meta"]["mean"] == IMAGENET_STATS[0]
 
 

@@ -249,7 +249,7 @@ def test_truncated_weights_file_is_a_reslab_error_naming_the_file_problem(tmp_pa
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ReslabError, match=rf"model{suffix} cannot be read, it is truncated"):
+    with pytest.raises(ReslabError, match=rf"model{suffix} is not a readable weights file: truncated"):
         read_weights_file(path)
 
 

@@ -4,9 +4,9 @@ cause end in one line on stderr and exit status 2."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 
 from . import __version__
@@ -39,14 +39,15 @@ def _overrides(args) -> list[str]:
 
 def cmd_train(args) -> int:
     from .config import load, validate
-    from .train.loop import load_run_config, train
+    from .train.loop import train
+    from .train.run_folder import load_run_config
 
     if args.resume:
         config = validate(load_run_config(args.resume, _overrides(args)))
     else:
         config = load(args.config, _overrides(args))
     result = train(config, resume=Path(args.resume) if args.resume else None, progress=not args.no_progress)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one table
+    if is_main_process():  # under torchrun, one table
         _print_metrics(result.metrics)
         print(f"run folder: {result.run_dir}")
     return 0
@@ -60,20 +61,13 @@ def _print_metrics(metrics: dict) -> None:
 
 def cmd_evaluate(args) -> int:
     from .evaluate.runner import evaluate_checkpoint
-    from .report.tables import metrics_table
-    from .runfs import atomic_write_json
+    from .runfs import atomic_write_json, check_output_file
 
     if args.output:
-        from .runfs import check_writable
-
-        if Path(args.output).is_dir():
-            raise ReslabError(f"--output {args.output} is a folder; give a file name such as metrics.json")
-        if not Path(args.output).parent.is_dir():
-            raise ReslabError(f"--output {args.output}: folder {Path(args.output).parent} does not exist")
-        check_writable(Path(args.output).parent)
+        check_output_file(Path(args.output))
     metrics = evaluate_checkpoint(Path(args.checkpoint), data=args.data, data_root=args.data_root, split=args.split,
                                   device=args.device, model=args.model)
-    print(metrics_table(metrics))
+    _print_metrics(metrics)
     if args.output:
         atomic_write_json(Path(args.output), metrics)
         print(f"written: {args.output}")
@@ -81,33 +75,15 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .config import load
-    from .report.compare import comparison_rows, write_comparison
-    from .report.plots import plot_error_curves
-    from .report.report import build_report
-    from .runfs import new_run_dir
-    from .train.loop import train
+    from .experiments.demo import run_demo
+    from .report.report import build_report, report_text
 
-    folder = new_run_dir(Path(args.out), f"demo-{datetime.now():%Y%m%d-%H%M%S}")
-    results = []
-    for model in ("resnet20", "plain20"):
-        overrides = [f"model.name={model}", f"output.dir={folder}", f"output.name={model}"]
-        if args.epochs:
-            overrides.append(f"train.epochs={args.epochs}")
-        print(f"== training {model} on scikit-learn's digits ==", flush=True)
-        results.append(train(load("demo-digits", overrides), progress=not args.no_progress))
-    rows = comparison_rows([r.metrics for r in results])
-    note = ("Test split: 20% of the 1,797 digits held out (data.split_seed 0); best epoch chosen on a 10% "
-            "validation split; error = 1 - accuracy; precision, recall and F1 are macro averages.")
-    table = write_comparison(rows, folder, note)
-    plot_error_curves({r.metrics["model"]: r.history for r in results}, folder / "error_curves.png",
-                      title="ResNet-20 vs Plain-20 on digits")
-    report = build_report([r.run_dir for r in results], folder / "report", title="ResNet-20 vs Plain-20 on digits")
+    demo = run_demo(Path(args.out), epochs=args.epochs, progress=not args.no_progress)
+    report = build_report(demo.run_dirs, demo.folder / "report", title="ResNet-20 vs Plain-20 on digits")
     print()
-    print(table)
-    print()
-    print("\n".join(f"- {line}" for line in report.findings))
-    print(f"\nrun folder: {folder}  (comparison.md, error_curves.png, report/report.html, and one folder per model)")
+    print(report_text(report, table=demo.table))
+    print(f"\nrun folder: {demo.folder}  (comparison.md, error_curves.png, report/report.html, and one folder "
+          "per model)")
     return 0
 
 
@@ -144,56 +120,31 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .report.report import build_report, summary_markdown
-    from .report.study import load_study, run_study, study_from_dict, update_study
+    from .experiments.study import run_study, study_from_command
+    from .report.report import build_report, report_text
 
-    sources = [item for item in args.items if "=" not in item]
-    overrides = [item for item in args.items if "=" in item]
-    if len(sources) > 1:
-        raise ReslabError(f"compare takes one study file, got {', '.join(sources)} (overrides are section.key=value)")
-    flags = [f"train.epochs={args.epochs}", "train.max_iters=null"] if args.epochs is not None else []
-    flags += [f"train.device={args.device}"] if args.device else []
-    flags += [f"data.root={args.data_root}"] if args.data_root else []
-    if sources:
-        study = load_study(sources[0], flags + overrides)
-    elif args.models:
-        recipe_tag = "".join(c if c.isalnum() or c in "-_." else "-" for c in (args.recipe or "default"))
-        study = study_from_dict({"recipe": args.recipe, "models": args.models}, f"compare-{recipe_tag}",
-                                flags + overrides)
-    else:
-        raise ReslabError("give a study (reslab compare STUDY.yaml, or a shipped one: digits-depth) "
-                          "or --models a,b with --recipe R")
-    study = update_study(study, models=args.models, seeds=args.seeds, datasets=args.datasets, recipe=args.recipe,
-                         out=args.out)
+    study = study_from_command(args.items, models=args.models, seeds=args.seeds, datasets=args.datasets,
+                               recipe=args.recipe, out=args.out, epochs=args.epochs, device=args.device,
+                               data_root=args.data_root)
     result = run_study(study, progress=not args.no_progress)
     print(f"\nstudy {study.name}: {len(result.runs)} runs ({result.trained} trained now) in {result.seconds:.0f} s; "
           f"run folders in {study.out}")
-    if args.no_report:
-        return 0
-    report = build_report(result.run_dirs, study.out / "report", title=f"Study {study.name}")
-    print()
-    print(summary_markdown(report.summary))
-    print()
-    print("\n".join(f"- {line}" for line in report.findings))
-    print(f"\nreport: {report.out / 'report.md'} and report.html, runs.csv, summary.csv, report.json, figures/")
+    if not args.no_report:
+        print()
+        print(report_text(build_report(result.run_dirs, study.out / "report", title=f"Study {study.name}")))
     return 0
 
 
 def cmd_report(args) -> int:
-    from .report.report import build_report, load_bench, summary_markdown
+    from .report.report import build_report, load_bench, report_text
 
     bench = load_bench(args.bench) if args.bench else None
-    report = build_report(args.runs, Path(args.out), title=args.title, bench=bench)
-    print(summary_markdown(report.summary))
-    print()
-    print("\n".join(f"- {line}" for line in report.findings))
-    print(f"\nreport: {report.out / 'report.md'} and report.html, runs.csv, summary.csv, report.json, "
-          f"{len(report.figures)} figures in figures/")
+    print(report_text(build_report(args.runs, Path(args.out), title=args.title, bench=bench)))
     return 0
 
 
 def cmd_bench(args) -> int:
-    from .report.bench import format_bench, parse_input_sizes, run_bench, write_bench
+    from .experiments.bench import format_bench, parse_input_sizes, run_bench, write_bench
 
     def numbers(text: str, flag: str) -> list[int]:
         try:
@@ -205,7 +156,7 @@ def cmd_bench(args) -> int:
                       numbers(args.batch_sizes, "--batch-sizes"), parse_input_sizes(args.input_size),
                       [p.strip() for p in args.precisions.split(",") if p.strip()], device=args.device,
                       num_classes=args.num_classes, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
-                      channels_last=args.channels_last, log=lambda line: print(line, file=sys.stderr, flush=True))
+                      channels_last=args.channels_last)
     print(format_bench(bench))
     if args.json:
         write_bench(bench, Path(args.json))
@@ -214,7 +165,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .inference.predict import run_predict
+    from .inference.predict_command import run_predict
 
     print(run_predict(args.checkpoint, args.images, top_k=args.top_k, style=args.format, threshold=args.threshold,
                       explain=args.explain, target_class=args.target_class, batch_size=args.batch_size,
@@ -348,8 +299,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (which sets RANK), or a process on its own."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+class _TqdmAwareHandler(logging.StreamHandler):
+    """Log lines on stderr, written around an active progress bar rather than through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001  (logging must never raise)
+            self.handleError(record)
+
+
+def setup_logging() -> None:
+    """The library logs through ``logging``; the command line shows its messages on stderr
+    as ``reslab: ...`` lines (rank 0 only under torchrun)."""
+    logger = logging.getLogger("reslab")
+    if any(isinstance(h, _TqdmAwareHandler) for h in logger.handlers):
+        return
+    handler = _TqdmAwareHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("reslab: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if is_main_process() else logging.ERROR)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging()
     try:
         return args.func(args)
     except ReslabError as exc:

@@ -2,8 +2,10 @@
 command line with ``section.key=value``, validated with a message naming the bad key,
 and saved with every run.
 
-Every field is read in one place; ``None`` in an ``augment`` field means "the dataset's
-default", resolved once by ``resolve`` and written resolved into the run folder.
+Every field is read in one place; ``None`` in a data or augment field means "the dataset's
+default", filled in once by ``reslab.data.resolve_defaults`` and written resolved into the
+run folder. Fields with a fixed set of values are ``Literal`` types, and validation takes
+the allowed values from them.
 """
 
 from __future__ import annotations
@@ -14,18 +16,24 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from .errors import ReslabError
+from .precision import Precision
+
+# The datasets reslab reads: held in memory (small images), or read from files.
+IN_MEMORY_DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "kmnist")
+FILE_DATASETS = ("folder", "imagenet", "coco")
+DatasetName = Literal[IN_MEMORY_DATASETS + FILE_DATASETS]
 
 
 @dataclass
 class ModelConfig:
     name: str = "resnet20"
-    shortcut: str = "A"  # CIFAR nets: "A" zero-padded identity (paper's CIFAR choice), "B" projection
-    stride_in: str = "3x3"  # ImageNet bottlenecks: "3x3" (v1.5, torchvision's) or "1x1" (the paper's)
+    shortcut: Literal["A", "B"] = "A"  # CIFAR nets: "A" zero-padded identity (paper's CIFAR choice), "B" projection
+    stride_in: Literal["3x3", "1x1"] = "3x3"  # ImageNet bottlenecks: "3x3" (v1.5, torchvision's) or "1x1" (the paper's)
     pretrained: str | None = None  # a weights file or a torchvision weights name (IMAGENET1K_V2)
     freeze: str = "none"  # "none" fine-tunes all, "backbone" trains the head only, or K: the last K stages
     unfreeze_epoch: int | None = None  # from this epoch (1-based) on, everything trains (freeze, then fine-tune)
@@ -34,7 +42,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits, cifar10, cifar100, mnist, fashion-mnist, kmnist; folder, imagenet, coco
+    name: DatasetName = "digits"
     root: str = "data"  # where the dataset files are, or go when downloaded
     download: bool = True  # fetch a missing dataset (needs the network)
     val_size: float = 0.1  # held out of the training set: a fraction, or a count if >= 1
@@ -42,18 +50,18 @@ class DataConfig:
     train_size: float | None = None  # train on a stratified subset of this many images (a fraction if < 1); None: all
     split_seed: int = 0  # the train/val/test split; fixed across training seeds so runs compare
     # auto: the pretrained weights' own (imagenet for torchvision, inception [-1, 1] for Keras .h5), else dataset
-    normalization: str = "auto"  # auto, dataset (train split's mean/std), imagenet, inception, none
+    normalization: Literal["auto", "dataset", "imagenet", "inception", "none"] = "auto"  # dataset: train split's
     image_size: int | None = None  # the model's square input: in-memory data is resized to it (e.g. 224 for
     #                                ImageNet backbones); file data is cropped to it (None: 224, COCO 448)
     channels: int | None = None  # 3 repeats grayscale images into RGB (for RGB-pretrained backbones)
     # File datasets (folder, imagenet, coco):
     resize_size: int | None = None  # evaluation: resize the shorter side to this, then centre crop (None: size/0.875)
     center_crop: bool | None = None  # evaluation: centre crop, or squash the whole image (None: dataset's; COCO squashes)
-    coco_year: int = 2017  # 2014 or 2017
+    coco_year: Literal[2014, 2017] = 2017
     keep_unannotated: bool = False  # COCO: keep images with no annotation (all-negative targets)
     strict: bool = False  # decode every file before training and refuse the dataset at the first bad one
     workers: int | None = None  # loader processes per loader; None: from the CPUs available
-    decoder: str = "auto"  # auto (torchvision, measured faster here), torchvision, pil
+    decoder: Literal["auto", "torchvision", "pil"] = "auto"  # auto: torchvision (measured faster here)
 
 
 @dataclass
@@ -65,7 +73,7 @@ class AugmentConfig:
     # File datasets:
     random_resized_crop: float | None = None  # smallest crop area fraction (0.08); 0 off; None: dataset's
     color_jitter: float = 0.0  # brightness/contrast/saturation strength
-    auto_augment: str = "none"  # none, trivial (TrivialAugment), rand (RandAugment), auto (AutoAugment)
+    auto_augment: Literal["none", "trivial", "rand", "auto"] = "none"  # TrivialAugment, RandAugment, AutoAugment
     random_erasing: float = 0.0  # probability
     # Any dataset, single- or multi-label (batch transforms):
     mixup: float = 0.0  # Beta(alpha, alpha); 0 off
@@ -74,7 +82,7 @@ class AugmentConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd, adam, adamw
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
@@ -88,11 +96,11 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "multistep"  # multistep, cosine, onecycle, constant
+    name: Literal["multistep", "cosine", "onecycle", "constant"] = "multistep"
     milestones: list[int] = field(default_factory=lambda: [32000, 48000])
-    unit: str = "iter"  # milestones counted in "iter" (the paper) or "epoch"
+    unit: Literal["iter", "epoch"] = "iter"  # milestones counted in iterations (the paper) or epochs
     gamma: float = 0.1
-    warmup: str = "none"  # none, constant (paper's ResNet-110: lr 0.01 first), linear
+    warmup: Literal["none", "constant", "linear"] = "none"  # constant: the paper's ResNet-110 (lr 0.01 first)
     warmup_iters: int = 0
     warmup_lr: float = 0.01  # the constant warm-up's rate; the linear one starts here
     min_lr: float = 0.0  # cosine floor
@@ -105,14 +113,15 @@ class TrainConfig:
     batch_size: int = 128
     eval_batch_size: int = 512
     label_smoothing: float = 0.0
-    loss: str = "auto"  # auto (cross-entropy; multi-label: bce), cross_entropy, bce, asymmetric (Ridnik et al. 2021)
+    loss: Literal["auto", "cross_entropy", "bce", "asymmetric"] = "auto"  # auto: cross-entropy, multi-label bce;
+    #                                                      asymmetric: Ridnik et al. 2021
     threshold: float = 0.5  # multi-label: a label is predicted when its sigmoid is over this
     seed: int = 0
     deterministic: bool = False  # bitwise-repeatable kernels (slower on GPU)
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
     # bf16 trained 2.0-2.1x faster here, but cost plain-20 1.2 points on digits (3 seeds; README),
     # so fp32 stays the default; auto = bf16 where the device computes it natively, else fp32
-    precision: str = "fp32"  # fp32, bf16 (autocast), fp16 (autocast + GradScaler, GPU), auto
+    precision: Precision = "fp32"  # bf16 (autocast), fp16 (autocast + GradScaler, GPU), auto
     channels_last: bool = True  # NHWC: measured 1.3x faster here in fp32 and faster in bf16; cuDNN prefers it too
     compile: bool = False  # torch.compile the model
     threads: int | None = None  # CPU intra-op threads; None leaves PyTorch's default
@@ -151,21 +160,25 @@ class RunConfig:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-CHOICES = {
-    "model.shortcut": ("A", "B"),
-    "model.stride_in": ("3x3", "1x1"),
-    "data.name": ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "kmnist", "folder", "imagenet", "coco"),
-    "data.decoder": ("auto", "torchvision", "pil"),
-    "data.coco_year": (2014, 2017),
-    "augment.auto_augment": ("none", "trivial", "rand", "auto"),
-    "train.loss": ("auto", "cross_entropy", "bce", "asymmetric"),
-    "data.normalization": ("auto", "dataset", "imagenet", "inception", "none"),
-    "optim.name": ("sgd", "adam", "adamw"),
-    "schedule.name": ("multistep", "cosine", "onecycle", "constant"),
-    "schedule.unit": ("iter", "epoch"),
-    "schedule.warmup": ("none", "constant", "linear"),
-    "train.precision": ("fp32", "bf16", "fp16", "auto"),
-}
+def _choices() -> dict[str, tuple]:
+    """``section.key`` -> allowed values, for every field typed with a ``Literal``."""
+    choices = {}
+    for section in dataclasses.fields(RunConfig):
+        for key, hint in typing.get_type_hints(section.default_factory).items():
+            literal = _literal(hint)
+            if literal is not None:
+                choices[f"{section.name}.{key}"] = typing.get_args(literal)
+    return choices
+
+
+def _literal(hint):
+    """The ``Literal`` in a field's type (``Literal[...]`` or ``Literal[...] | None``), or None."""
+    if typing.get_origin(hint) is typing.Literal:
+        return hint
+    return next((a for a in typing.get_args(hint) if typing.get_origin(a) is typing.Literal), None)
+
+
+CHOICES = _choices()
 
 
 # ---------------------------------------------------------------- building and overriding
@@ -239,6 +252,9 @@ def _read_yaml(source: str | Path) -> dict[str, Any]:
 
 def _is_text_field(section, key: str) -> bool:
     hint = typing.get_type_hints(type(section)).get(key)
+    literal = _literal(hint)
+    if literal is not None:
+        return all(isinstance(v, str) for v in typing.get_args(literal))
     return hint is str or (typing.get_origin(hint) is not None and str in typing.get_args(hint)
                            and not ({int, float, bool} & set(typing.get_args(hint))))
 
@@ -274,6 +290,12 @@ def _coerce(value: Any, hint, name: str) -> Any:
         hint = next(a for a in args if a is not type(None))
         args = typing.get_args(hint)
     origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        allowed = typing.get_args(hint)
+        for candidate in (value, str(value)) + ((int(value),) if str(value).isdigit() else ()):
+            if candidate in allowed and not isinstance(candidate, bool):
+                return candidate
+        raise ReslabError(f"config key '{name}' must be one of {', '.join(map(str, allowed))}, got {value!r}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
             value = [value]
@@ -367,6 +389,8 @@ def validate(config: RunConfig) -> RunConfig:
     freeze = config.model.freeze
     if freeze not in ("none", "backbone") and not (freeze.isdigit() and int(freeze) >= 0):
         raise ReslabError(f"config key 'model.freeze' must be none, backbone or a number of stages, got {freeze!r}")
+    if config.data.name in FILE_DATASETS and config.data.channels == 1:
+        raise ReslabError(f"data.channels=1: {config.data.name} images are read as RGB; leave data.channels empty or 3")
     if config.train.precision == "fp16" and config.train.device == "cpu":
         raise ReslabError("config key 'train.precision' fp16 needs a GPU; use bf16 on the CPU")
     if config.output.name is not None and ("/" in config.output.name or config.output.name in ("", ".", "..")):

@@ -96,3 +96,13 @@ def check_writable(folder: Path) -> None:
             pass
     except OSError as exc:
         raise ReslabError(f"output folder {folder} is not writable: {exc.strerror}") from None
+
+
+def check_output_file(path: Path) -> None:
+    """A file a command may write: not a folder, in a folder that exists and is writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise ReslabError(f"--output {path} is a folder; give a file name such as metrics.json")
+    if not path.parent.is_dir():
+        raise ReslabError(f"--output {path}: folder {path.parent} does not exist")
+    check_writable(path.parent)

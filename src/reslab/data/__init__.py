@@ -2,10 +2,10 @@
 images and the worker-process loader for image files; ``build_data`` puts them together."""
 
 from .arrays import ArrayDataset, DatasetSplits
-from .datasets import DEFAULT_AUGMENT, load_splits
+from .datasets import load_splits
 from .files import FileLoader
 from .loader import DeviceLoader
-from .sources import DataBundle, build_data
+from .sources import DataBundle, build_data, resolve_defaults
 
-__all__ = ["ArrayDataset", "DataBundle", "DatasetSplits", "DEFAULT_AUGMENT", "DeviceLoader", "FileLoader",
-           "build_data", "load_splits"]
+__all__ = ["ArrayDataset", "DataBundle", "DatasetSplits", "DeviceLoader", "FileLoader", "build_data", "load_splits",
+           "resolve_defaults"]

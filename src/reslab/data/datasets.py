@@ -17,18 +17,6 @@ from .cifar import read_cifar
 from .digits import read_digits
 from .idx import read_idx_dataset
 
-# Augmentation a dataset gets when the config leaves it to the dataset (None):
-# the paper's pad-4 crop and flip for CIFAR; digits and letters must not be mirrored.
-DEFAULT_AUGMENT = {
-    "digits": {"crop_padding": 1, "hflip": False},
-    "cifar10": {"crop_padding": 4, "hflip": True},
-    "cifar100": {"crop_padding": 4, "hflip": True},
-    "mnist": {"crop_padding": 2, "hflip": False},
-    "fashion-mnist": {"crop_padding": 2, "hflip": False},
-    "kmnist": {"crop_padding": 2, "hflip": False},
-}
-
-
 def load_splits(config: DataConfig) -> DatasetSplits:
     root = Path(config.root).expanduser()
     if root.exists() and not root.is_dir():

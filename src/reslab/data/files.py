@@ -3,7 +3,7 @@
 The in-memory loader (``loader.DeviceLoader``) holds a whole small-image dataset on the
 device; a dataset of full-size photographs does not fit, so ``FileLoader`` decodes and
 augments each image in DataLoader worker processes and ships uint8 batches, which are
-normalised on the device. It has DeviceLoader's interface and its guarantees:
+normalized on the device. It has DeviceLoader's interface and its guarantees:
 
 - ``batch_size`` is the global batch; each of ``world_size`` processes gets its
   ``rank``-th slice of every global batch (the same split as DeviceLoader), so two
@@ -28,10 +28,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from ..config import CHOICES
 from ..errors import ReslabError
-from .loader import batch_count, epoch_generator, global_batches, rank_slice
+from .loader import batch_count, global_batches, rank_slice
+from .normalization import Normalizer
+from .seeding import epoch_generator, sample_seed, seeded
 
-DECODERS = ("torchvision", "pil")
+DECODERS = tuple(name for name in CHOICES["data.decoder"] if name != "auto")
 # Measured on 500x375 JPEGs here (benchmarks/data_loading.py): torchvision.io decodes
 # ~20% faster than Pillow, and decode + RandomResizedCrop + flip ~35% faster than Pillow
 # followed by the same transforms on the tensor. torchvision 0.29 deprecates its decoders
@@ -202,27 +205,6 @@ def _decode_pil(path: str) -> torch.Tensor:
         raise BadImage(reason) from None
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of one image's augmentation in one epoch (a 63-bit mix of the three)."""
-    mixed = (seed * 1_000_003 + epoch) * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9
-    return mixed % (2**63 - 1)
-
-
-def seeded(function, argument, seed: int):
-    """``function(argument)`` with the CPU generator (which torchvision's transforms draw
-    from) seeded by ``seed``; in the training process itself (no worker processes) the
-    generator's state is restored after, so training's own draws do not change."""
-    generator = torch.default_generator  # its manual_seed costs 1 us, torch.manual_seed's 75
-    in_worker = get_worker_info() is not None
-    state = None if in_worker else generator.get_state()
-    generator.manual_seed(seed)
-    try:
-        return function(argument)
-    finally:
-        if state is not None:
-            generator.set_state(state)
-
-
 class ImageFileDataset(Dataset):
     """Decoded, transformed images of an ``ImageList``, indexed by (index, seed) pairs.
 
@@ -348,7 +330,7 @@ def default_workers() -> int:
 
 
 class FileLoader:
-    """Batches of normalised float images and their targets, on ``device``, decoded from
+    """Batches of normalized float images and their targets, on ``device``, decoded from
     files by DataLoader worker processes (see the module docstring for the guarantees).
 
     ``transform`` maps a decoded uint8 (3, H, W) tensor to a uint8 (3, image_size,
@@ -356,7 +338,7 @@ class FileLoader:
     evaluation resize and centre crop. ``workers`` None is ``default_workers()``.
 
     Workers ship uint8 images (a quarter of float32's bytes), into pinned memory when the
-    device is a GPU; the transfer is asynchronous and normalisation happens on the device.
+    device is a GPU; the transfer is asynchronous and normalization happens on the device.
     """
 
     def __init__(
@@ -394,8 +376,7 @@ class FileLoader:
             transform = eval_transform(ImagePipeline(image_size=image_size))
         self.dataset = ImageFileDataset(images, transform, decoder, substitute=train, image_size=image_size)
         self.sampler = EpochBatches(len(images), batch_size, train, seed, rank, world_size)
-        self.offset = torch.tensor(mean, device=self.device).mul(255).view(1, -1, 1, 1)
-        self.scale = torch.tensor(std, device=self.device).mul(255).reciprocal().view(1, -1, 1, 1)
+        self.normalize = Normalizer(mean, std, self.device)
         self.bad_files: dict[str, str] = {}  # path -> reason, in the order met
         self._loader_options = dict(
             num_workers=self.workers, pin_memory=self.device.type == "cuda",
@@ -440,9 +421,8 @@ class FileLoader:
                 images, targets = images[ok], targets[ok]
                 if len(images) == 0:
                     continue
-            images = images.to(self.device, non_blocking=True)
+            images = self.normalize(images)
             targets = targets.to(self.device, non_blocking=True)
-            images = images.float().sub_(self.offset).mul_(self.scale)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             yield images, targets

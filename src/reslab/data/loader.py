@@ -1,6 +1,6 @@
 """The device-resident loader for small-image datasets (after airbench): the whole uint8
 dataset is copied to the training device once and each batch is gathered, augmented
-and normalised there with a few tensor ops; no per-image Python, no worker processes.
+and normalized there with a few tensor ops; no per-image Python, no worker processes.
 
 Randomness (the shuffle and every augmentation draw) comes from a CPU generator seeded
 by (seed, epoch), so an epoch is the same on every device and after a resume, and the
@@ -16,6 +16,8 @@ import torch
 from torch.nn import functional as F
 
 from .arrays import ArrayDataset
+from .normalization import Normalizer
+from .seeding import epoch_generator
 
 
 class BatchAugment:
@@ -50,7 +52,7 @@ class BatchAugment:
         return params
 
     def apply_uint8(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Crop and flip, on uint8 (before normalisation, so padding is black as in torchvision)."""
+        """Crop and flip, on uint8 (before normalization, so padding is black as in torchvision)."""
         if "crop" in params:
             pad = self.crop_padding
             batch, _, height, width = images.shape
@@ -78,13 +80,8 @@ class BatchAugment:
         return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    # Distinct, reproducible streams per (seed, epoch); 1_000_003 is prime.
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
 class DeviceLoader:
-    """Batches of normalised float images and their labels, on ``device``.
+    """Batches of normalized float images and their labels, on ``device``.
 
     ``batch_size`` is the global batch; with ``world_size`` processes each gets its
     ``rank``-th share. Training loaders shuffle and drop the last partial batch (so a
@@ -120,9 +117,7 @@ class DeviceLoader:
         self.world_size = world_size
         self.channels_last = channels_last
         self.epoch = 0
-        channels = self.images.shape[1]
-        self.offset = torch.tensor(mean, device=self.device).mul(255).view(1, channels, 1, 1)
-        self.scale = torch.tensor(std, device=self.device).mul(255).reciprocal().view(1, channels, 1, 1)
+        self.normalize = Normalizer(mean, std, self.device)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -150,10 +145,9 @@ class DeviceLoader:
             images = self.images[index]
             if params:
                 images = self.augment.apply_uint8(images, params)
-            images = images.float()
-            if params:
-                images = self.augment.apply_float(images, params)
-            images = images.sub_(self.offset).mul_(self.scale)
+            if "affine" in params:  # rotation and scale resample the float pixels
+                images = self.augment.apply_float(images.float(), params)
+            images = self.normalize(images)
             if self.resize is not None and tuple(images.shape[2:]) != (self.resize, self.resize):
                 images = F.interpolate(images, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
             if self.channels_last:

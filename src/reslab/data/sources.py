@@ -1,106 +1,55 @@
 """One entry point from the data and augmentation config to the loaders a run consumes:
 ``build_data`` returns a ``DataBundle`` of train / validation / test loaders (DeviceLoader
 for the small in-memory datasets, FileLoader for folders of images, ImageNet and COCO)
-with what describes them.
-
-``DataOptions`` and ``AugmentOptions`` list the config fields this needs: the ones of
-``config.DataConfig`` / ``config.AugmentConfig`` and those the file datasets add. Either
-kind of object can be passed; fields a config does not have take their defaults here.
+with what describes them. ``resolve_defaults`` fills the fields a config leaves to the
+dataset (None), once, so that what a run saves is what it used.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..config import IN_MEMORY_DATASETS, AugmentConfig, DataConfig, RunConfig, validate
 from ..errors import ReslabError
-from .files import DECODERS, DEFAULT_DECODER, BadFile, FileLoader, FileSplits, default_workers, verify_files
+from .files import DEFAULT_DECODER, BadFile, FileLoader, FileSplits, default_workers, verify_files
 from .loader import BatchAugment, DeviceLoader
-from .transforms import AUTO_AUGMENTS, BatchMix, ImagePipeline, MixingLoader, eval_transform, train_transform
+from .normalization import normalization_stats
+from .transforms import BatchMix, ImagePipeline, MixingLoader, eval_transform, train_transform
 
-IN_MEMORY_DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "kmnist")
-FILE_DATASETS = ("folder", "imagenet", "coco")
-IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-
-# What a file dataset gets where the config leaves a field to the dataset (None).
+# What a dataset gets where the config leaves a field to it (None). In memory: the paper's
+# pad-4 crop and flip for CIFAR; digits and letters must not be mirrored. From files,
 # ImageNet-style: RandomResizedCrop to 224 and flip, evaluation on the central 224 of the
 # image resized to 256. COCO: the whole image squashed to 448x448 (ML-GCN's and ASL's
 # resolution) with a flip; a random crop could cut a labelled object out.
-FILE_DEFAULTS = {
+DATASET_DEFAULTS = {
+    "digits": {"crop_padding": 1, "hflip": False},
+    "cifar10": {"crop_padding": 4, "hflip": True},
+    "cifar100": {"crop_padding": 4, "hflip": True},
+    "mnist": {"crop_padding": 2, "hflip": False},
+    "fashion-mnist": {"crop_padding": 2, "hflip": False},
+    "kmnist": {"crop_padding": 2, "hflip": False},
     "folder": {"image_size": 224, "center_crop": True, "random_resized_crop": 0.08, "hflip": True},
     "imagenet": {"image_size": 224, "center_crop": True, "random_resized_crop": 0.08, "hflip": True},
     "coco": {"image_size": 448, "center_crop": False, "random_resized_crop": 0.0, "hflip": True},
 }
+RESOLVED_FIELDS = {"data": ("image_size", "center_crop"),
+                   "augment": ("crop_padding", "hflip", "random_resized_crop")}
 
 
-def augment_defaults(name: str) -> dict:
-    """The values the augmentation fields left None take for dataset ``name`` (for the
-    loop to resolve once and write into the run's config.yaml)."""
-    if name in FILE_DEFAULTS:
-        return {"crop_padding": 0, "hflip": FILE_DEFAULTS[name]["hflip"],
-                "random_resized_crop": FILE_DEFAULTS[name]["random_resized_crop"]}
-    from .datasets import DEFAULT_AUGMENT
-
-    return {**DEFAULT_AUGMENT[name], "random_resized_crop": 0.0}
-
-
-@dataclass
-class DataOptions:
-    """``DataConfig``'s fields and the ones file datasets add (proposed for config.py)."""
-
-    name: str = "digits"  # + folder, imagenet, coco
-    root: str = "data"
-    download: bool = True
-    val_size: float = 0.1
-    test_size: float = 0.2
-    train_size: float | None = None
-    split_seed: int = 0
-    normalization: str = "auto"  # file datasets: auto and dataset mean the ImageNet statistics
-    image_size: int | None = None  # file datasets: the crop side the model sees (None: 224, COCO 448)
-    channels: int | None = None
-    resize_size: int | None = None  # evaluation resize of the shorter side before the centre crop (None: size/0.875)
-    center_crop: bool | None = None  # evaluation: centre crop (True) or whole image squashed (False); None: dataset's
-    coco_year: int = 2017  # 2014 or 2017
-    keep_unannotated: bool = False  # COCO: keep images without any annotation (all-zero targets)
-    strict: bool = False  # decode every file before training and refuse the dataset at the first bad one
-    workers: int | None = None  # loader worker processes per loader; None: from the CPUs available
-    decoder: str = "auto"  # auto, torchvision, pil
-
-    @classmethod
-    def of(cls, config) -> "DataOptions":
-        return _copy_fields(cls, config)
-
-
-@dataclass
-class AugmentOptions:
-    """``AugmentConfig``'s fields and the ones file datasets add (proposed for config.py)."""
-
-    crop_padding: int | None = None
-    hflip: bool | None = None
-    rotation: float = 0.0
-    scale: float = 0.0
-    random_resized_crop: float | None = None  # file datasets: smallest crop area (0.08); 0 off; None: dataset's
-    color_jitter: float = 0.0
-    auto_augment: str = "none"  # none, trivial, rand, auto
-    random_erasing: float = 0.0  # probability
-    mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0 off
-    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; 0 off (both on: one of them per batch)
-
-    @classmethod
-    def of(cls, config) -> "AugmentOptions":
-        return _copy_fields(cls, config)
-
-
-def _copy_fields(cls, config):
-    if config is None:
-        return cls()
-    if isinstance(config, cls):
-        return config
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in vars(config).items() if k in names})
+def resolve_defaults(config: RunConfig) -> RunConfig:
+    """``config`` with every data and augmentation field left to the dataset filled in."""
+    defaults = {"crop_padding": 0, "random_resized_crop": 0.0, **DATASET_DEFAULTS[config.data.name]}
+    for section, keys in RESOLVED_FIELDS.items():
+        values = getattr(config, section)
+        for key in keys:
+            if getattr(values, key) is None and key in defaults:
+                setattr(values, key, defaults[key])
+    return config
 
 
 @dataclass
@@ -141,27 +90,26 @@ def _recorded(loader) -> list[BadFile]:
     return loader.bad_file_list() if hasattr(loader, "bad_file_list") else []
 
 
-def build_data(data, augment=None, *, device: torch.device | str = "cpu", batch_size: int = 128,
-               eval_batch_size: int = 512, seed: int = 0, rank: int = 0, world_size: int = 1,
+def build_data(data: DataConfig, augment: AugmentConfig | None = None, *, device: torch.device | str = "cpu",
+               batch_size: int = 128, eval_batch_size: int = 512, seed: int = 0, rank: int = 0, world_size: int = 1,
                channels_last: bool = False, mean_std: tuple[list[float], list[float]] | None = None) -> DataBundle:
-    """The loaders of ``data`` (a DataConfig or DataOptions) augmented per ``augment``
-    (an AugmentConfig or AugmentOptions; fields left None take the dataset's defaults).
+    """The loaders of ``data`` augmented per ``augment`` (fields left None take the dataset's
+    defaults; the config is not changed).
 
     ``batch_size`` and ``eval_batch_size`` are global; this process (``rank`` of
-    ``world_size``) gets its share. ``mean_std`` overrides the normalisation (e.g. the
+    ``world_size``) gets its share. ``mean_std`` overrides the normalization (e.g. the
     pretrained weights' own); otherwise the in-memory datasets use their training split's
     statistics and the file datasets ImageNet's (a pass over a million photographs to
     measure their own would change them in the third decimal).
     """
-    options = DataOptions.of(data)
-    augment = AugmentOptions.of(augment)
-    check_options(options, augment)
+    config = resolve_defaults(validate(RunConfig(data=copy.copy(data), augment=copy.copy(augment or AugmentConfig()))))
+    data, augment = config.data, config.augment
     device = torch.device(device)
     shard = dict(rank=rank, world_size=world_size, channels_last=channels_last)
-    if options.name in IN_MEMORY_DATASETS:
-        bundle = _in_memory(options, augment, device, batch_size, eval_batch_size, seed, shard, mean_std)
+    if data.name in IN_MEMORY_DATASETS:
+        bundle = _in_memory(data, augment, device, batch_size, eval_batch_size, seed, shard, mean_std)
     else:
-        bundle = _from_files(options, augment, device, batch_size, eval_batch_size, seed, shard, mean_std)
+        bundle = _from_files(data, augment, device, batch_size, eval_batch_size, seed, shard, mean_std)
     mix = BatchMix(bundle.num_classes, bundle.task == "multi-label", augment.mixup, augment.cutmix)
     if mix.active:
         bundle.train = MixingLoader(bundle.train, mix, seed=seed, rank=rank)
@@ -169,51 +117,18 @@ def build_data(data, augment=None, *, device: torch.device | str = "cpu", batch_
     return bundle
 
 
-def check_options(options: DataOptions, augment: AugmentOptions) -> None:
-    """Refuse values no dataset can use, naming the config key."""
-    names = IN_MEMORY_DATASETS + FILE_DATASETS
-    checks = [
-        ("data.name", options.name in names, f"must be one of {', '.join(names)}"),
-        ("data.decoder", options.decoder in ("auto", *DECODERS), f"must be one of auto, {', '.join(DECODERS)}"),
-        ("data.coco_year", options.coco_year in (2014, 2017), "must be 2014 or 2017"),
-        ("data.workers", options.workers is None or options.workers >= 0, "must not be negative"),
-        ("data.resize_size", options.resize_size is None or options.resize_size >= 1, "must be at least 1"),
-        ("augment.auto_augment", augment.auto_augment in AUTO_AUGMENTS, f"must be one of {', '.join(AUTO_AUGMENTS)}"),
-        ("augment.random_resized_crop", augment.random_resized_crop is None or 0 <= augment.random_resized_crop <= 1,
-         "must be in [0, 1]"),
-        ("augment.color_jitter", augment.color_jitter >= 0, "must not be negative"),
-        ("augment.random_erasing", 0 <= augment.random_erasing <= 1, "must be in [0, 1]"),
-        ("augment.mixup", augment.mixup >= 0, "must not be negative"),
-        ("augment.cutmix", augment.cutmix >= 0, "must not be negative"),
-    ]
-    for key, ok, message in checks:
-        if not ok:
-            raise ReslabError(f"config key '{key}' {message}, got {_value(options, augment, key)!r}")
-    if options.name in FILE_DATASETS and options.channels == 1:
-        raise ReslabError(f"data.channels=1: {options.name} images are read as RGB; leave data.channels empty or 3")
+def _in_memory(data: DataConfig, augment: AugmentConfig, device, batch_size, eval_batch_size, seed, shard,
+               mean_std) -> DataBundle:
+    from .datasets import load_splits
 
-
-def _value(options, augment, key):
-    section, name = key.split(".")
-    return getattr(options if section == "data" else augment, name)
-
-
-def _in_memory(options, augment, device, batch_size, eval_batch_size, seed, shard, mean_std) -> DataBundle:
-    from ..config import DataConfig
-    from .datasets import DEFAULT_AUGMENT, load_splits
-
-    config = DataConfig(**{f.name: getattr(options, f.name) for f in dataclasses.fields(DataConfig)})
-    splits = load_splits(config)
-    defaults = DEFAULT_AUGMENT[options.name]
-    crop_padding = augment.crop_padding if augment.crop_padding is not None else defaults["crop_padding"]
-    hflip = augment.hflip if augment.hflip is not None else defaults["hflip"]
-    batch_augment = BatchAugment(crop_padding, hflip, augment.rotation, augment.scale)
-    mean, std = mean_std or memory_normalization(options.normalization, splits)
+    splits = load_splits(data)
+    batch_augment = BatchAugment(augment.crop_padding, augment.hflip, augment.rotation, augment.scale)
+    mean, std = mean_std or normalization_stats(data.normalization, splits.in_channels, (splits.mean, splits.std))
     if len(mean) != splits.in_channels:
-        raise ReslabError(f"the model takes {len(mean)}-channel images (its normalisation has {len(mean)} channels) "
-                          f"but {options.name} has {splits.in_channels}-channel images; set data.channels "
+        raise ReslabError(f"the model takes {len(mean)}-channel images (its normalization has {len(mean)} channels) "
+                          f"but {data.name} has {splits.in_channels}-channel images; set data.channels "
                           "or data.normalization")
-    shard = {**shard, "resize": options.image_size}
+    shard = {**shard, "resize": data.image_size}
 
     def loader(split, size, train):
         if split is None:
@@ -221,77 +136,55 @@ def _in_memory(options, augment, device, batch_size, eval_batch_size, seed, shar
         return DeviceLoader(split, size, device, mean, std, train=train, augment=batch_augment if train else None,
                             seed=seed, **shard)
 
-    size = [options.image_size] * 2 if options.image_size else list(splits.image_size)
+    size = [data.image_size] * 2 if data.image_size else list(splits.image_size)
     description = {**splits.describe(), "task": "single-label", "loader": "device"}
     return DataBundle(loader(splits.train, batch_size, True), loader(splits.val, eval_batch_size, False),
                       loader(splits.test, eval_batch_size, False), splits.classes, "single-label",
                       splits.in_channels, size, list(mean), list(std), description)
 
 
-def memory_normalization(kind: str, splits) -> tuple[list[float], list[float]]:
-    channels = splits.in_channels
-    if kind == "imagenet":
-        if channels != 3:
-            raise ReslabError("data.normalization=imagenet needs RGB images; set data.channels=3")
-        return IMAGENET_STATS
-    if kind == "inception":
-        return [0.5] * channels, [0.5] * channels
-    if kind == "none":
-        return [0.0] * channels, [1.0] * channels
-    return splits.mean, splits.std  # auto, dataset
-
-
-def read_file_splits(options: DataOptions) -> FileSplits:
+def read_file_splits(data: DataConfig) -> FileSplits:
     """The image lists of a file dataset (no file is opened but the annotations)."""
     from .datasets import training_subset
     from .folders import split_off
 
-    root = Path(options.root).expanduser()
-    if options.name == "folder":
+    root = Path(data.root).expanduser()
+    if data.name == "folder":
         from .folders import read_folder
 
-        splits = read_folder(root, options.val_size, options.test_size, options.split_seed)
-    elif options.name == "imagenet":
+        splits = read_folder(root, data.val_size, data.test_size, data.split_seed)
+    elif data.name == "imagenet":
         from .imagenet import read_imagenet
 
-        splits = read_imagenet(root, options.val_size, options.split_seed)
+        splits = read_imagenet(root, data.val_size, data.split_seed)
     else:
         from .coco import read_coco
 
-        splits = read_coco(root, options.coco_year, options.keep_unannotated, options.val_size, options.split_seed)
-    if options.train_size is not None:
-        count = training_subset(options.train_size, len(splits.train))
-        _, splits.train = split_off(splits.train, count, options.split_seed, "data.train_size")
+        splits = read_coco(root, data.coco_year, data.keep_unannotated, data.val_size, data.split_seed)
+    if data.train_size is not None:
+        count = training_subset(data.train_size, len(splits.train))
+        _, splits.train = split_off(splits.train, count, data.split_seed, "data.train_size")
     return splits
 
 
-def file_normalization(kind: str) -> tuple[list[float], list[float]]:
-    if kind == "inception":
-        return [0.5] * 3, [0.5] * 3
-    if kind == "none":
-        return [0.0] * 3, [1.0] * 3
-    return IMAGENET_STATS  # auto, dataset, imagenet
-
-
-def _from_files(options, augment, device, batch_size, eval_batch_size, seed, shard, mean_std) -> DataBundle:
-    splits = read_file_splits(options)
-    decoder = DEFAULT_DECODER if options.decoder == "auto" else options.decoder
-    workers = default_workers() if options.workers is None else options.workers
-    if options.strict:
+def _from_files(data: DataConfig, augment: AugmentConfig, device, batch_size, eval_batch_size, seed, shard,
+                mean_std) -> DataBundle:
+    splits = read_file_splits(data)
+    decoder = DEFAULT_DECODER if data.decoder == "auto" else data.decoder
+    workers = default_workers() if data.workers is None else data.workers
+    if data.strict:
         refuse_bad_files(splits, decoder, workers)
-    defaults = FILE_DEFAULTS[options.name]
     pipeline = ImagePipeline(
-        image_size=options.image_size or defaults["image_size"],
-        resize_size=options.resize_size,
-        center_crop=defaults["center_crop"] if options.center_crop is None else options.center_crop,
-        random_resized_crop=(defaults["random_resized_crop"] if augment.random_resized_crop is None
-                             else augment.random_resized_crop),
-        hflip=defaults["hflip"] if augment.hflip is None else augment.hflip,
+        image_size=data.image_size,
+        resize_size=data.resize_size,
+        center_crop=data.center_crop,
+        random_resized_crop=augment.random_resized_crop,
+        hflip=augment.hflip,
         color_jitter=augment.color_jitter,
         auto_augment=augment.auto_augment,
         random_erasing=augment.random_erasing,
     )
-    mean, std = mean_std or file_normalization(options.normalization)
+    mean, std = mean_std or normalization_stats(data.normalization, 3)
     common = dict(image_size=pipeline.image_size, seed=seed, workers=workers, decoder=decoder, **shard)
     train = FileLoader(splits.train, batch_size, device, mean, std, train=True,
                        transform=train_transform(pipeline, mean), **common)

@@ -1,6 +1,6 @@
 """Augmentation of full-size photographs: per-image transforms (torchvision transforms v2,
 run in the loader's worker processes on uint8 images) and per-batch mixing (mixup,
-cutmix, on the device after normalisation).
+cutmix, on the device after normalization).
 
 Training: RandomResizedCrop and a horizontal flip (Szegedy et al. 2015, the ResNet
 paper's ImageNet recipe follows it in He et al. 2016 §3.4), then optionally colour
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .files import sample_seed, seeded
+from ..config import CHOICES
+from .seeding import sample_seed, seeded
 
-AUTO_AUGMENTS = ("none", "trivial", "rand", "auto")
+AUTO_AUGMENTS = CHOICES["augment.auto_augment"]
 
 
 @dataclass
@@ -52,7 +53,7 @@ def eval_transform(pipeline: ImagePipeline):
 
 def train_transform(pipeline: ImagePipeline, mean: list[float]):
     """The training transforms; ``mean`` (in [0, 1]) is the random-erasing fill colour,
-    which normalisation turns into zeros as in torchvision's reference recipe."""
+    which normalization turns into zeros as in torchvision's reference recipe."""
     from torchvision.transforms import v2
 
     steps = []

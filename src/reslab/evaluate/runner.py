@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..checkpoint import load_checkpoint
 from ..config import from_dict, validate
 from ..data import build_data
+from ..device import resolve_device
 from ..errors import ReslabError
-from ..train.checkpoint import load_checkpoint
-from ..train.device import resolve_device
-from ..train.loop import Task, build_model, predict
+from ..models import model_from_meta
+from .predict import predict
+from .task import Task
 
 
 def evaluate_checkpoint(path: Path, data: str | None = None, data_root: str | None = None, split: str = "test",
@@ -36,13 +38,13 @@ def evaluate_checkpoint(path: Path, data: str | None = None, data_root: str | No
                 f"{path} was trained on {meta['num_classes']} classes of {meta['in_channels']}-channel images; "
                 f"{config.data.name} has {bundle.num_classes} classes of {bundle.in_channels}-channel images"
             )
-        network = build_model(meta)
+        network = model_from_meta(meta)
         load_weights(network, _weights(state, weights, path), path)
         network.to(target)
         loader = bundle.test if split == "test" else bundle.val
         if loader is None:
             raise ReslabError(f"{config.data.name} has no {split} split in this configuration")
-        task = Task(config, bundle.task, bundle.classes)
+        task = Task(bundle.task, bundle.classes, config.train.threshold)
         metrics = task.metrics(*predict(network, loader, target, flip=config.train.tta))
     finally:
         for each in bundle.loaders():

@@ -74,7 +74,7 @@ def export_checkpoint(checkpoint: Path | str, format: str, output: Path | str | 
 
 
 def example_inputs(meta: dict, batch: int, seed: int) -> torch.Tensor:
-    """Normalised-looking inputs (zero mean, unit variance) of the checkpoint's shape."""
+    """Normalized-looking inputs (zero mean, unit variance) of the checkpoint's shape."""
     height, width = meta["image_size"]
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch, meta["in_channels"], height, width, generator=generator)
@@ -207,10 +207,10 @@ def export_safetensors(model: nn.Module, meta: dict, output: Path) -> ExportResu
     def check(path: Path) -> float:
         # Rebuild the network from the metadata alone, as a user would, and compare outputs.
         from ..evaluate.runner import load_weights
-        from ..train.loop import build_model
+        from ..models import model_from_meta
 
         info = export_metadata(meta)
-        rebuilt = build_model({"model": info["architecture"], "num_classes": info["num_classes"],
+        rebuilt = model_from_meta({"model": info["architecture"], "num_classes": info["num_classes"],
                                "in_channels": info["in_channels"], "model_options": info["model_options"]})
         load_weights(rebuilt, load_file(str(path)), path)
         return check_parity(_torch_reference(model), _torch_reference(rebuilt.eval()), meta, "the safetensors weights")

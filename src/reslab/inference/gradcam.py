@@ -19,7 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ReslabError
-from .predict import LoadedImages, is_multi_label, normalise, probabilities
+from ..figures import new_figure, save_figure
+from .predict import LoadedImages, is_multi_label, normalize, probabilities
 
 
 class Explanation(NamedTuple):
@@ -43,7 +44,7 @@ class GradCAM:
         self.layer = layer if layer is not None else last_stage(model)
 
     def __call__(self, images: torch.Tensor, target: int | torch.Tensor | None = None) -> Explanation:
-        """``images``: normalised (N, C, H, W); ``target``: a class for all, one per image,
+        """``images``: normalized (N, C, H, W); ``target``: a class for all, one per image,
         or None for each image's predicted class."""
         captured: dict[str, torch.Tensor] = {}
 
@@ -105,7 +106,7 @@ def grad_cam(model: nn.Module, meta: dict, images: torch.Tensor, target=None, ba
     parts = []
     for start in range(0, len(images), batch_size):
         chunk_target = target[start:start + batch_size] if isinstance(target, torch.Tensor) and target.ndim else target
-        parts.append(explain(normalise(images[start:start + batch_size], meta, device), chunk_target))
+        parts.append(explain(normalize(images[start:start + batch_size], meta, device), chunk_target))
     return Explanation(*(torch.cat(values) for values in zip(*parts)))
 
 
@@ -170,8 +171,6 @@ def gallery(model: nn.Module, meta: dict, images_uint8: torch.Tensor, labels, pa
 
     ``labels``: class indices (N,), or for a multi-label checkpoint multi-hot rows (N, classes).
     """
-    from ..report.plots import plt, save_figure
-
     classes = meta["classes"]
     labels = torch.as_tensor(labels).cpu()
     probs = probabilities(model, meta, images_uint8)
@@ -187,7 +186,7 @@ def gallery(model: nn.Module, meta: dict, images_uint8: torch.Tensor, labels, pa
     order = sorted(torch.nonzero(wrong).flatten().tolist(), key=lambda i: -float(confidence[i]))[:max_items]
 
     if not order:
-        figure, axis = plt.subplots(figsize=(4, 1))
+        figure, axis = new_figure(size=(4, 1))
         axis.axis("off")
         axis.text(0.5, 0.5, f"no misclassified examples among {len(labels)} images", ha="center", va="center")
         save_figure(figure, Path(path))
@@ -196,7 +195,7 @@ def gallery(model: nn.Module, meta: dict, images_uint8: torch.Tensor, labels, pa
     maps = grad_cam(model, meta, images_uint8[index], targets[index]).maps
     columns = min(4, len(order))
     rows = math.ceil(len(order) / columns)
-    figure, axes = plt.subplots(rows, 2 * columns, figsize=(2.4 * 2 * columns, 2.8 * rows), squeeze=False)
+    figure, axes = new_figure(rows, 2 * columns, size=(2.4 * 2 * columns, 2.8 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for slot, (i, cam) in enumerate(zip(order, maps)):

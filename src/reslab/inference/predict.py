@@ -1,5 +1,5 @@
 """Predictions on image files: read them as the checkpoint's training data looked (channels,
-size, per-channel normalisation), run the model in batches, and report the top-k classes,
+size, per-channel normalization), run the model in batches, and report the top-k classes,
 or for a multi-label checkpoint every label whose sigmoid is over a threshold."""
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
+from ..checkpoint import load_checkpoint
+from ..data.normalization import Normalizer
+from ..device import resolve_device
 from ..errors import ReslabError
+from ..evaluate.runner import load_weights
+from ..models import model_from_meta
 
 # Suffixes looked for inside folders; a file named on the command line is tried whatever its name.
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -37,14 +42,9 @@ class LoadedImages:
 
 def load_model(checkpoint: Path | str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """The network of a run folder or .pt file, in eval mode on ``device``, and its meta."""
-    from ..evaluate.runner import load_weights
-    from ..train.checkpoint import load_checkpoint
-    from ..train.device import resolve_device
-    from ..train.loop import build_model
-
     state = load_checkpoint(Path(checkpoint))
     meta = state["meta"]
-    model = build_model(meta)
+    model = model_from_meta(meta)
     load_weights(model, state["model"], checkpoint)
     device = resolve_device(device) if isinstance(device, str) else device
     return model.to(device).eval(), meta
@@ -135,13 +135,10 @@ def load_images(specs: list[str], meta: dict) -> LoadedImages:
     return LoadedImages(torch.stack(images), names, skipped)
 
 
-def normalise(images: torch.Tensor, meta: dict, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float, normalised with the checkpoint's per-channel mean/std,
+def normalize(images: torch.Tensor, meta: dict, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float, normalized with the checkpoint's per-channel mean/std,
     with the same operations as the training loader (so the logits are the same)."""
-    channels = images.shape[1]
-    offset = torch.tensor(meta["mean"], device=device).mul(255).view(1, channels, 1, 1)
-    scale = torch.tensor(meta["std"], device=device).mul(255).reciprocal().view(1, channels, 1, 1)
-    return images.to(device).float().sub_(offset).mul_(scale)
+    return Normalizer(meta["mean"], meta["std"], device)(images)
 
 
 # ---------------------------------------------------------------- predictions
@@ -154,7 +151,7 @@ def probabilities(model: nn.Module, meta: dict, images: torch.Tensor, batch_size
     device = next(model.parameters()).device
     outputs = []
     for chunk in images.split(batch_size):
-        logits = model(normalise(chunk, meta, device)).float()
+        logits = model(normalize(chunk, meta, device)).float()
         outputs.append(torch.sigmoid(logits) if is_multi_label(meta) else torch.softmax(logits, 1))
     return torch.cat(outputs).cpu()
 
@@ -225,41 +222,3 @@ def class_index(meta: dict, name: str) -> int:
     shown = ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")
     raise ReslabError(f"unknown class {name!r}; the checkpoint's classes are {shown} "
                       f"(or an index 0..{len(classes) - 1})")
-
-
-# ---------------------------------------------------------------- the command
-
-
-def run_predict(checkpoint: str, specs: list[str], top_k: int = 5, style: str = "table",
-                threshold: float | None = None, explain: str | None = None, target_class: str | None = None,
-                batch_size: int = 256, device: str = "auto", note=print) -> str:
-    """What ``reslab predict`` prints. Skipped inputs and where overlays went are told
-    through ``note`` (stderr in the CLI, so stdout stays clean CSV or JSON)."""
-    if style not in FORMATS:
-        raise ReslabError(f"--format must be one of {', '.join(FORMATS)}, got {style!r}")
-    if top_k < 1:
-        raise ReslabError(f"--top-k must be at least 1, got {top_k}")
-    if batch_size < 1:
-        raise ReslabError(f"--batch-size must be at least 1, got {batch_size}")
-    if target_class is not None and explain is None:
-        raise ReslabError("--class chooses the class Grad-CAM explains; add --explain DIR")
-    model, meta = load_model(checkpoint, device)
-    if threshold is not None and not is_multi_label(meta):
-        raise ReslabError(f"--threshold is for multi-label checkpoints; {checkpoint} is single-label (use --top-k)")
-    if is_multi_label(meta):
-        threshold = 0.5 if threshold is None else threshold
-        if not 0.0 <= threshold <= 1.0:
-            raise ReslabError(f"--threshold must be between 0 and 1, got {threshold}")
-    target = class_index(meta, target_class) if target_class is not None else None
-
-    loaded = load_images(specs, meta)
-    for what, why in loaded.skipped:
-        note(f"reslab: warning: skipped {what}: {why}")
-    results = predict_images(model, meta, loaded, top_k, threshold if threshold is not None else 0.5, batch_size)
-    text = format_results(results, meta, style, threshold)
-    if explain is not None:
-        from .gradcam import write_overlays
-
-        written = write_overlays(model, meta, loaded, Path(explain), target, batch_size)
-        note(f"Grad-CAM overlays: {len(written)} PNG files in {explain}")
-    return text

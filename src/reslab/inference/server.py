@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import base64
 import email.parser
+import logging
 import email.policy
 import io
 import json
 import socket
-import sys
 import threading
 import traceback
 from http import HTTPStatus
@@ -30,7 +30,9 @@ from torch import nn
 
 from ..errors import ReslabError
 from .gradcam import GradCAM, overlay
-from .predict import class_index, decode_image, is_multi_label, load_model, normalise, rank_classes
+from .predict import class_index, decode_image, is_multi_label, load_model, normalize, rank_classes
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 10.0
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -65,7 +67,7 @@ class ModelService:
         image = decode_image(data, self.meta)
         target = class_index(self.meta, class_name) if class_name else None
         with self.lock:
-            explained = GradCAM(self.model)(normalise(image[None], self.meta, self.device), target)
+            explained = GradCAM(self.model)(normalize(image[None], self.meta, self.device), target)
         logits = explained.logits
         probs = torch.sigmoid(logits) if is_multi_label(self.meta) else torch.softmax(logits, 1)
         if is_multi_label(self.meta):
@@ -254,14 +256,14 @@ def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, top_k: int
     bound_host, bound_port = server.server_address[:2]
     shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
     if host not in LOOPBACK:
-        print(f"reslab: warning: listening on {host}, reachable from other machines; the page has no "
-              "authentication", file=sys.stderr)
-    print(f"serving {meta['model']} ({len(meta['classes'])} classes) at http://{shown}:{bound_port}/  "
-          f"(uploads up to {max_upload_mb:g} MB; Ctrl+C stops)", flush=True)
+        logger.warning("warning: listening on %s, reachable from other machines; the page has no authentication",
+                       host)
+    logger.info("serving %s (%d classes) at http://%s:%s/  (uploads up to %g MB; Ctrl+C stops)", meta["model"],
+                len(meta["classes"]), shown, bound_port, max_upload_mb)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print("stopped")
+        logger.info("stopped")
     finally:
         server.server_close()
     return 0

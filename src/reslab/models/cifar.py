@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from ..errors import ReslabError
 from .base import StagedModel, init_he
-from .blocks import BasicBlock, conv3x3, projection
+from .blocks import BasicBlock, conv3x3, make_stage, projection
 from .registry import register_model, register_pattern
 
 SHORTCUTS = ("A", "B")
@@ -71,16 +71,16 @@ class CifarResNet(StagedModel):
         init_he(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int, shortcut: str | None) -> nn.Sequential:
-        layers = []
-        for i in range(blocks):
-            block_stride = stride if i == 0 else 1
+        def make_block(in_planes: int, block_stride: int) -> nn.Module:
             downsample = None
-            if shortcut is not None and (block_stride != 1 or self.in_planes != planes):
-                downsample = (PadShortcut(self.in_planes, planes, block_stride) if shortcut == "A"
-                              else projection(self.in_planes, planes, block_stride))
-            layers.append(BasicBlock(self.in_planes, planes, block_stride, downsample, residual=shortcut is not None))
-            self.in_planes = planes
-        return nn.Sequential(*layers)
+            if shortcut is not None and (block_stride != 1 or in_planes != planes):
+                downsample = (PadShortcut(in_planes, planes, block_stride) if shortcut == "A"
+                              else projection(in_planes, planes, block_stride))
+            return BasicBlock(in_planes, planes, block_stride, downsample, residual=shortcut is not None)
+
+        stage = make_stage(make_block, self.in_planes, planes, blocks, stride)
+        self.in_planes = planes
+        return stage
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

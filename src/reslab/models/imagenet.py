@@ -16,58 +16,10 @@ from torch import nn
 
 from ..errors import ReslabError
 from .base import StagedModel, init_he
-from .blocks import BasicBlock, conv1x1, conv3x3, projection
+from .blocks import BasicBlock, Bottleneck, projection_stage
 from .registry import register_model
 
 STRIDE_PLACES = ("3x3", "1x1")
-
-
-class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3, 1x1 expand (ResNet-50/101/152); grouped 3x3 for ResNeXt.
-
-    The 3x3 conv is ``groups`` groups of ``base_width * planes / 64`` channels each
-    (Xie et al. 2017, Fig. 3c); ``groups=1, base_width=64`` is the ResNet bottleneck.
-    """
-
-    expansion = 4
-
-    def __init__(
-        self,
-        in_planes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        residual: bool = True,
-        groups: int = 1,
-        base_width: int = 64,
-        stride_in: str = "3x3",
-    ):
-        super().__init__()
-        width = int(planes * (base_width / 64.0)) * groups
-        stride_1x1, stride_3x3 = (1, stride) if stride_in == "3x3" else (stride, 1)
-        self.conv1 = conv1x1(in_planes, width, stride_1x1)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, stride_3x3, groups)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = conv1x1(width, planes * self.expansion)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.residual = residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
-        out = self.conv2(out)
-        out = self.bn2(out)
-        out = self.relu(out)
-        out = self.conv3(out)
-        out = self.bn3(out)
-        if self.residual:
-            identity = x if self.downsample is None else self.downsample(x)
-            out = out + identity
-        return self.relu(out)
 
 
 def check_stride_in(stride_in: str) -> None:
@@ -96,7 +48,7 @@ class ImageNetResNet(StagedModel):
         super().__init__()
         check_stride_in(stride_in)
         self.num_classes = num_classes
-        self.block_options = dict(residual=residual, groups=groups, base_width=base_width, stride_in=stride_in)
+        self.block_options = dict(groups=groups, base_width=base_width, stride_in=stride_in)
         self.residual = residual
         self.in_planes = 64
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
@@ -112,16 +64,9 @@ class ImageNetResNet(StagedModel):
         init_he(self)
 
     def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        out_planes = planes * block.expansion
-        downsample = None
-        # A plain net has no shortcuts at all, so no projections either.
-        if self.residual and (stride != 1 or self.in_planes != out_planes):
-            downsample = projection(self.in_planes, out_planes, stride)
-        layers = [block(self.in_planes, planes, stride, downsample, **self.block_options)]
-        self.in_planes = out_planes
-        for _ in range(1, blocks):
-            layers.append(block(self.in_planes, planes, **self.block_options))
-        return nn.Sequential(*layers)
+        stage = projection_stage(block, self.in_planes, planes, blocks, stride, self.residual, **self.block_options)
+        self.in_planes = planes * block.expansion
+        return stage
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

@@ -39,6 +39,7 @@ from torch import nn
 
 from ..errors import ReslabError
 from .base import StagedModel, init_he
+from .blocks import make_stage
 from .imagenet import check_stride_in
 from .registry import register_model, register_pattern
 
@@ -105,17 +106,17 @@ class CifarPreActResNet(StagedModel):
         init_he(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int, stride_in: str) -> nn.Sequential:
-        layers = []
-        for i in range(blocks):
-            layers.append(PreActBottleneck(self.in_planes, planes, stride if i == 0 else 1, stride_in))
-            self.in_planes = planes * PreActBottleneck.expansion
-        return nn.Sequential(*layers)
+        out_planes = planes * PreActBottleneck.expansion
+        stage = make_stage(lambda in_planes, block_stride: PreActBottleneck(in_planes, planes, block_stride, stride_in),
+                           self.in_planes, out_planes, blocks, stride)
+        self.in_planes = out_planes
+        return stage
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv1(x)
 
     def forward_final(self, x: torch.Tensor) -> torch.Tensor:
-        # The last block ends on an addition: normalise and rectify before pooling (§4.1).
+        # The last block ends on an addition: normalize and rectify before pooling (§4.1).
         return self.relu(self.bn(x))
 
 

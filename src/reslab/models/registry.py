@@ -78,3 +78,9 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwarg
             raise ReslabError(f"model {name!r} has no option {option!r}"
                               + (f" (its options: {', '.join(takes)})" if takes else " (it takes none)"))
     return builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def model_from_meta(meta: dict) -> nn.Module:
+    """The (untrained) network a checkpoint's ``meta`` describes: name, classes, channels, options."""
+    return create_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
+                        **meta.get("model_options", {}))

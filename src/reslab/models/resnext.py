@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from .base import StagedModel, init_he
-from .imagenet import Bottleneck, ImageNetResNet, conv3x3, projection
+from .blocks import Bottleneck, conv3x3, projection_stage
+from .imagenet import ImageNetResNet
 from .registry import register_model
 
 
@@ -47,13 +48,9 @@ class CifarResNeXt(StagedModel):
         init_he(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        out_planes = planes * Bottleneck.expansion
-        downsample = projection(self.in_planes, out_planes, stride)  # every first block changes shape
-        layers = [Bottleneck(self.in_planes, planes, stride, downsample, **self.block_options)]
-        self.in_planes = out_planes
-        for _ in range(1, blocks):
-            layers.append(Bottleneck(self.in_planes, planes, **self.block_options))
-        return nn.Sequential(*layers)
+        stage = projection_stage(Bottleneck, self.in_planes, planes, blocks, stride, **self.block_options)
+        self.in_planes = planes * Bottleneck.expansion
+        return stage
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import ReslabError
 from .base import StagedModel, init_he
+from .blocks import make_stage
 from .registry import register_model, register_pattern
 
 
@@ -77,17 +78,16 @@ class WideResNet(StagedModel):
         init_he(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int, dropout: float) -> nn.Sequential:
-        layers = []
-        for i in range(blocks):
-            layers.append(WideBasicBlock(self.in_planes, planes, stride if i == 0 else 1, dropout))
-            self.in_planes = planes
-        return nn.Sequential(*layers)
+        stage = make_stage(lambda in_planes, block_stride: WideBasicBlock(in_planes, planes, block_stride, dropout),
+                           self.in_planes, planes, blocks, stride)
+        self.in_planes = planes
+        return stage
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv1(x)
 
     def forward_final(self, x: torch.Tensor) -> torch.Tensor:
-        # Pre-activation blocks end on an addition: normalise and rectify before pooling.
+        # Pre-activation blocks end on an addition: normalize and rectify before pooling.
         return self.relu(self.bn(x))
 
 

@@ -28,8 +28,8 @@ import yaml
 
 from ..errors import ReslabError
 from ..runfs import atomic_write_json, atomic_write_text
-from ..train.loop import load_result
-from .bench import busy_warning
+from ..experiments.bench import busy_warning
+from ..train.run_folder import load_result
 from .paper import paper_error
 
 # Figures averaged over the seeds of one net; error and training error are derived from
@@ -405,8 +405,9 @@ def _slug(text: str) -> str:
 
 def make_figures(runs: list[Run], rows: list[dict], summary: list[dict], folder: Path) -> dict[str, list[tuple]]:
     """Write every figure into ``folder``; return {section: [(path, caption), ...]}."""
-    from .plots import FAMILY_COLOURS, plot_against_depth, plot_confusion, plot_error_curves, plot_history, \
-        plot_per_class
+    from ..evaluate.plots import plot_confusion, plot_history
+    from ..experiments.compare import plot_error_curves
+    from .plots import FAMILY_COLOURS, plot_against_depth, plot_per_class
 
     folder.mkdir(parents=True, exist_ok=True)
     figures: dict[str, list[tuple]] = {"depth": [], "classes": [], "curves": []}
@@ -657,6 +658,16 @@ def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
         writer.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else ("" if v is None else v))
                          for k, v in row.items()})
     atomic_write_text(path, buffer.getvalue())
+
+
+def report_text(report: Report, table: str | None = None) -> str:
+    """What the command line shows of a report: the summary table (or ``table``), the
+    findings, and where the report's files are."""
+    lines = [table or summary_markdown(report.summary), ""]
+    lines += [f"- {line}" for line in report.findings]
+    lines += ["", f"report: {report.out / 'report.md'} and report.html, runs.csv, summary.csv, report.json, "
+                  f"{len(report.figures)} figures in figures/"]
+    return "\n".join(lines)
 
 
 def load_bench(path: str | Path) -> dict:

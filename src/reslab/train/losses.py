@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import ReslabError
+
 
 class AsymmetricLoss(nn.Module):
     """ASL (Ridnik et al. 2021, "Asymmetric Loss For Multi-Label Classification"), on logits
@@ -66,3 +68,17 @@ class AsymmetricLoss(nn.Module):
         if self.reduction == "mean":
             return loss.mean()
         return loss
+
+
+def build_criterion(loss: str, multi_label: bool, label_smoothing: float = 0.0) -> nn.Module:
+    """The training loss ``train.loss`` names (``auto``: cross-entropy, or BCE for multi-label
+    targets); a loss that cannot train the data's kind of targets is refused."""
+    if loss == "auto":
+        loss = "bce" if multi_label else "cross_entropy"
+    if multi_label and loss == "cross_entropy":
+        raise ReslabError("train.loss=cross_entropy cannot train multi-label targets; use bce or asymmetric")
+    if not multi_label and loss != "cross_entropy":
+        raise ReslabError(f"train.loss={loss} is for multi-label data (coco); use cross_entropy")
+    if loss == "cross_entropy":
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    return nn.BCEWithLogitsLoss() if loss == "bce" else AsymmetricLoss()

@@ -8,13 +8,13 @@ file for another model (naming the first mismatched key).
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ...errors import ReslabError
+from ...torchfiles import first_line, safe_torch_load
 from ..transfer import head_names
 
 # Where training scripts commonly nest the state_dict inside a checkpoint dict.
@@ -28,31 +28,16 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ReslabError(f"no weights file at {path}: check the path")
+    if path.suffix != ".safetensors":
+        return extract_state_dict(safe_torch_load(path, "weights file"), str(path))
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        from safetensors.torch import load_file
 
-            content = load_file(str(path), device="cpu")
-        else:
-            content = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower():
-            raise ReslabError(
-                f"weights file {path} holds pickled objects besides tensors, which reslab does not "
-                "unpickle (weights_only): save model.state_dict() instead of the model"
-            ) from None
-        raise ReslabError(f"weights file {path} is corrupt or not a PyTorch file: {_first_line(exc)}") from None
-    except Exception as exc:  # torch and safetensors raise many types for a damaged file
-        raise ReslabError(
-            f"weights file {path} cannot be read, it is truncated or not a PyTorch/safetensors file "
-            f"({type(exc).__name__}: {_first_line(exc)}); download or save it again"
-        ) from None
+        content = load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise ReslabError(f"{path} is not a readable weights file: truncated or not a safetensors file "
+                          f"({type(exc).__name__}: {first_line(exc)})") from None
     return extract_state_dict(content, str(path))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _is_state_dict(obj) -> bool:

@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from ...errors import ReslabError
-from ..imagenet import Bottleneck, ImageNetResNet
+from ..blocks import Bottleneck
+from ..imagenet import ImageNetResNet
 from ..preact import KERAS_BN_EPSILON, ResNetV2
 
 # Keras 3 names the layers of a .weights.h5 after their class.

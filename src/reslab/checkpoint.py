@@ -3,15 +3,15 @@ with ``torch.load(weights_only=True)``, so loading one never runs code from it."
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import ReslabError
-from ..runfs import atomic_write
+from .errors import ReslabError
+from .runfs import atomic_write
+from .torchfiles import safe_torch_load
 
 EPOCH_FILE = re.compile(r"epoch-(\d+)\.pt")
 
@@ -26,15 +26,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         path = best_or_last(path)
     if not path.is_file():
         raise ReslabError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "global" in str(exc).lower():  # the weights-only unpickler met a class or function
-            raise ReslabError(f"refusing to load {path}: it holds objects other than tensors and plain values "
-                              "(loading it could run code)") from None
-        raise ReslabError(f"{path} is not a PyTorch checkpoint (truncated or another kind of file)") from None
-    except Exception:  # zip, EOF, OS, format errors: all mean "not a readable checkpoint"
-        raise ReslabError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file)") from None
+    state = safe_torch_load(path, "checkpoint", map_location)
     if not isinstance(state, dict) or "model" not in state or "meta" not in state:
         raise ReslabError(f"{path} is not a reslab checkpoint (no 'model' and 'meta' entries)")
     return state

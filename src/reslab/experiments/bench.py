@@ -19,8 +19,8 @@ earlier phase already reached a higher peak.
 
 from __future__ import annotations
 
-import contextlib
 import gc
+import logging
 import os
 import platform
 import resource
@@ -36,19 +36,17 @@ from .. import __version__
 from ..errors import ReslabError
 from ..models import create_model
 from ..models.summary import count_macs, count_parameters
+from ..device import resolve_device
+from ..precision import autocast
 from ..runfs import atomic_write_json
-from ..train.device import resolve_device
+from ..train.step import train_step
+
+logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 FIELDS = ("model", "device", "precision", "batch_size", "input_size", "parameters", "macs",
           "train_images_per_second", "train_latency_ms", "inference_images_per_second", "inference_latency_ms",
           "train_peak_memory_bytes", "inference_peak_memory_bytes", "memory_measure", "warmup", "repeats")
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def _sync(device: torch.device) -> None:
@@ -166,29 +164,24 @@ def bench_one(model_name: str, batch_size: int, input_size: tuple[int, int, int]
     images = torch.randn(batch_size, *input_size, generator=generator).to(device, memory_format=memory_format)
     targets = torch.randint(0, num_classes, (batch_size,), generator=generator).to(device)
 
-    # Training: the loop's step (forward, loss, backward, SGD with momentum).
+    # Training: the loop's own step (forward, loss, backward, SGD with momentum).
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     criterion = nn.CrossEntropyLoss()
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
-    def train_step():
-        with _autocast(device, precision):
-            loss = criterion(model(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+    def step():
+        train_step(model, images, targets, criterion, optimizer, scaler, device, precision)
 
     model.train()
     with PeakMemory(device) as train_memory:
-        train_seconds = _time(train_step, repeats, warmup, device)
+        train_seconds = _time(step, repeats, warmup, device)
     optimizer.state.clear()  # free the momentum buffers before measuring inference
     for parameter in model.parameters():
         parameter.grad = None
 
     @torch.inference_mode()
     def infer_step():
-        with _autocast(device, precision):
+        with autocast(device, precision):
             model(images)
 
     model.eval()
@@ -221,7 +214,7 @@ def run_bench(models: list[str], batch_sizes: list[int], input_sizes: list[tuple
         raise ReslabError("precision fp16 needs a GPU; use bf16 on the CPU")
     if threads is not None:
         torch.set_num_threads(threads)
-    log = log or (lambda line: None)
+    log = log or logger.info
     load_before = _load_average()
     results = []
     combos = [(m, b, s, p) for m in models for s in input_sizes for p in precisions for b in batch_sizes]
@@ -236,7 +229,7 @@ def run_bench(models: list[str], batch_sizes: list[int], input_sizes: list[tuple
     if torch_device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(torch_device)
     return {"environment": info, "memory_note": f"Peak memory: {PeakMemory.describe(torch_device)}; "
-                                                "see reslab.report.bench for what it counts.",
+                                                "see reslab.experiments.bench for what it counts.",
             "results": results}
 
 

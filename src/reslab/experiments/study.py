@@ -23,6 +23,7 @@ config differs from what the study now asks for is refused, never silently reuse
 from __future__ import annotations
 
 import copy
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,20 +32,18 @@ from pathlib import Path
 
 import yaml
 
+from ..checkpoint import epoch_checkpoints
 from ..config import RunConfig, load
+from ..data import resolve_defaults
 from ..errors import ReslabError
 from ..models import create_model
 from ..runfs import atomic_write_json
-from ..train.checkpoint import epoch_checkpoints
-from ..train.loop import RunResult, load_result, load_run_config, resolve_augmentation, train
+from ..train.loop import train
+from ..train.run_folder import RunResult, check_resumable, load_result
+
+logger = logging.getLogger(__name__)
 
 STUDY_KEYS = ("name", "recipe", "models", "seeds", "datasets", "overrides", "variants", "out")
-
-# Config keys that may differ between a study's first start and its restart without
-# making a finished run a different experiment (where it ran, not what it learned).
-IGNORED_ON_RESTART = {("output", "dir"), ("output", "name"), ("output", "plots"), ("output", "keep_last"),
-                      ("train", "device"), ("train", "threads"), ("data", "root"), ("data", "download")}
-
 
 @dataclass
 class Study:
@@ -135,6 +134,29 @@ def study_from_dict(data: dict, default_name: str = "study", overrides: list[str
     )
 
 
+def study_from_command(items: list[str], models=None, seeds=None, datasets=None, recipe=None, out=None,
+                       epochs: int | None = None, device: str | None = None, data_root: str | None = None) -> Study:
+    """The study ``reslab compare`` asks for: a study file or shipped name among ``items``
+    (the rest are section.key=value overrides), or ``models`` with ``recipe``; the flags
+    override every run's config."""
+    sources = [item for item in items if "=" not in item]
+    overrides = [item for item in items if "=" in item]
+    if len(sources) > 1:
+        raise ReslabError(f"compare takes one study file, got {', '.join(sources)} (overrides are section.key=value)")
+    flags = [f"train.epochs={epochs}", "train.max_iters=null"] if epochs is not None else []
+    flags += [f"train.device={device}"] if device else []
+    flags += [f"data.root={data_root}"] if data_root else []
+    if sources:
+        study = load_study(sources[0], flags + overrides)
+    elif models:
+        recipe_tag = "".join(c if c.isalnum() or c in "-_." else "-" for c in (recipe or "default"))
+        study = study_from_dict({"recipe": recipe, "models": models}, f"compare-{recipe_tag}", flags + overrides)
+    else:
+        raise ReslabError("give a study (reslab compare STUDY.yaml, or a shipped one: digits-depth) "
+                          "or --models a,b with --recipe R")
+    return update_study(study, models=models, seeds=seeds, datasets=datasets, recipe=recipe, out=out)
+
+
 def update_study(study: Study, models=None, seeds=None, datasets=None, recipe=None, out=None) -> Study:
     """``study`` with the fields given (command-line flags: "a,b" strings or lists) replaced."""
     if models is not None:
@@ -215,7 +237,7 @@ def run_state(run_dir: Path) -> str:
 
 def run_study(study: Study, progress: bool = True, log=None) -> StudyResult:
     """Train every run of ``study`` that is not finished yet, one after the other."""
-    log = log or (lambda line: print(line, flush=True))
+    log = log or logger.info
     runs = plan(study)
     try:
         study.out.mkdir(parents=True, exist_ok=True)
@@ -225,8 +247,8 @@ def run_study(study: Study, progress: bool = True, log=None) -> StudyResult:
     results, trained, statuses = [], 0, {}
     for index, run in enumerate(runs, 1):
         state = run_state(run.run_dir)
-        if state != "new":
-            _check_unchanged(run)
+        if state != "new":  # the rule of train --resume: only where it runs (and an unfinished run's length)
+            check_resumable(run.run_dir, resolve_defaults(copy.deepcopy(run.config)))
         what = {"new": "training", "finished": "finished, reused", "interrupted": "interrupted, resuming",
                 "started": "stopped before its first checkpoint, starting again"}[state]
         log(f"run {index}/{len(runs)}: {run.name} ({what})")
@@ -242,7 +264,8 @@ def run_study(study: Study, progress: bool = True, log=None) -> StudyResult:
                 result = train(copy.deepcopy(run.config), progress=progress)
                 trained += 1
             else:
-                result = train(load_run_config(run.run_dir), resume=run.run_dir, progress=progress)
+                # The study's config, not the saved one: a new data.root or device applies.
+                result = train(copy.deepcopy(run.config), resume=run.run_dir, progress=progress)
                 trained += 1
         except BaseException:
             statuses[run.name] = "stopped"
@@ -264,23 +287,6 @@ def _clock(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
-
-
-def _check_unchanged(run: PlannedRun) -> None:
-    """Refuse to reuse a run folder that was trained with another config than the study asks for."""
-    saved = load_run_config(run.run_dir).to_dict()
-    wanted = copy.deepcopy(run.config)
-    resolve_augmentation(wanted)  # the saved config has the dataset's defaults filled in
-    wanted = wanted.to_dict()
-    for section, values in wanted.items():
-        for key, value in values.items():
-            if (section, key) in IGNORED_ON_RESTART:
-                continue
-            before = saved.get(section, {}).get(key)
-            if before != value:
-                raise ReslabError(
-                    f"{run.run_dir} was trained with {section}.{key}={before!r} but the study now asks for "
-                    f"{value!r}; move that folder away or give the study another out: folder")
 
 
 def _write_manifest(study: Study, runs: list[PlannedRun], statuses: dict[str, str]) -> None:

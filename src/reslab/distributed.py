@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import ReslabError
+from .errors import ReslabError
 
 
 @dataclass

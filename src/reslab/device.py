@@ -1,4 +1,5 @@
-"""Device choice, threads, seeding and the deterministic mode."""
+"""Device choice, threads, seeding and the deterministic mode: the set-up every layer that
+runs a model shares (training, evaluation, benchmarks, prediction)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import random
 import numpy as np
 import torch
 
-from ..errors import ReslabError
+from .errors import ReslabError
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,0 +1,218 @@
+"""The run folder and what reads it: a run's files, its result read back, and the rules for
+continuing one.
+
+    runs/<name>/
+      config.yaml        the resolved config (a resumed run may change only RESUMABLE_CHANGES)
+      environment.json   versions, device, command
+      dataset.json       sizes, classes, normalization
+      history.csv        a row per epoch (HISTORY_FIELDS)
+      checkpoints/       epoch-N.pt (the last K), best.pt, last.pt (a hard link, or the
+                         mid-epoch state after a stop)
+      metrics.json       written last: its presence marks the run finished
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import yaml
+
+from .. import __version__
+from ..checkpoint import epoch_checkpoints, load_checkpoint, prune, save_checkpoint
+from ..config import RunConfig, apply_overrides, from_dict
+from ..errors import ReslabError
+from ..runfs import atomic_write_json, atomic_write_text, new_run_dir
+
+logger = logging.getLogger(__name__)
+
+# val_* are the live weights' figures; ema_val_* the averaged weights' (runs with train.ema).
+VAL_FIGURES = ["loss", "accuracy", "error", "macro_f1", "map"]
+HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_accuracy", *(f"val_{k}" for k in VAL_FIGURES),
+                  *(f"ema_val_{k}" for k in VAL_FIGURES), "epoch_seconds", "images_per_second"]
+
+# What a run may be continued (or reused by a study) with: where it runs may change for any
+# run; how long it trains, only for an unfinished one. What it learns from never changes.
+RUN_LOCATION = {"train.device", "train.threads", "train.eval_batch_size", "output.plots", "output.keep_last",
+                "output.dir", "output.name", "data.root", "data.download"}
+RUN_LENGTH = {"train.epochs", "train.max_iters"}
+RESUMABLE_CHANGES = RUN_LOCATION | RUN_LENGTH
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict  # what metrics.json holds
+    history: list[dict] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- making and continuing a run
+
+
+def create_run_folder(config: RunConfig, name: str, environment: dict, dataset: dict) -> Path:
+    """A new run folder with its config, environment and dataset description (never an existing one)."""
+    run_dir = new_run_dir(Path(config.output.dir), name)
+    (run_dir / "checkpoints").mkdir()
+    config.save(run_dir / "config.yaml")
+    atomic_write_json(run_dir / "environment.json", environment)
+    atomic_write_json(run_dir / "dataset.json", dataset)
+    return run_dir
+
+
+def default_run_name(config: RunConfig) -> str:
+    return config.output.name or f"{config.model.name}-{config.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def unfinished_twin(config: RunConfig) -> Path | None:
+    """The folder ``output.name`` names, when it holds an unfinished run of this very config."""
+    if config.output.name is None:
+        return None
+    folder = Path(config.output.dir) / config.output.name
+    if not (folder / "config.yaml").is_file() or (folder / "metrics.json").is_file():
+        return None
+    try:
+        if read_run_yaml(folder) != config.to_dict():
+            return None  # new_run_dir refuses it, naming --resume
+    except ReslabError:
+        return None
+    logger.info("continuing the unfinished run in %s", folder)
+    return folder
+
+
+def check_resumable(run_dir: Path, config: RunConfig) -> None:
+    """Refuse to continue or reuse ``run_dir`` with another model, data, split or recipe (or a
+    finished run with another length); allowed changes are written into its config.yaml."""
+    saved = flatten(read_run_yaml(run_dir))
+    wanted = flatten(config.to_dict())
+    changed = [key for key, value in wanted.items() if saved.get(key, value) != value]
+    finished = (run_dir / "metrics.json").is_file()
+    forbidden = [key for key in changed if key not in (RUN_LOCATION if finished else RESUMABLE_CHANGES)]
+    if forbidden:
+        key = forbidden[0]
+        if finished:
+            raise ReslabError(f"{run_dir} is a finished run trained with {key}={saved[key]}; it cannot change "
+                              f"to {wanted[key]!r} now: start a new run (or move that folder away)")
+        raise ReslabError(f"{run_dir} was trained with {key}={saved[key]}, not {wanted[key]}; "
+                          f"a resumed run may only change {', '.join(sorted(RESUMABLE_CHANGES))}")
+    if changed and not finished:
+        config.save(run_dir / "config.yaml")
+
+
+def flatten(nested: dict) -> dict:
+    return {f"{section}.{key}": value for section, values in nested.items() for key, value in values.items()}
+
+
+def latest_checkpoint(run_dir: Path) -> dict | None:
+    """The newest readable checkpoint: last.pt, else the newest epoch checkpoint that loads.
+    None when the run was stopped before its first checkpoint (it starts again)."""
+    if not (run_dir / "config.yaml").is_file():
+        raise ReslabError(f"{run_dir} is not a reslab run folder (no config.yaml)")
+    candidates = [run_dir / "checkpoints" / "last.pt", *reversed(epoch_checkpoints(run_dir))]
+    problems = []
+    for path in candidates:
+        if path.is_file():
+            try:
+                return load_checkpoint(path)
+            except ReslabError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise ReslabError(f"no readable checkpoint in {run_dir}: {problems[0]}")
+    return None
+
+
+def read_run_yaml(run_dir: Path) -> dict:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ReslabError(f"{run_dir} is not a reslab run folder (no config.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise ReslabError(f"{path} is not readable YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ReslabError(f"{path} is not a reslab run config")
+    return data
+
+
+def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
+    return apply_overrides(from_dict(read_run_yaml(run_dir)), overrides or [])
+
+
+def environment(device: torch.device, world_size: int) -> dict:
+    import numpy
+    import sklearn
+    import torchvision
+
+    info = {
+        "reslab": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "torchvision": torchvision.__version__, "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "device": str(device), "threads": torch.get_num_threads(), "command": " ".join(sys.argv),
+        "processes": world_size,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpus"] = torch.cuda.device_count()
+    return info
+
+
+# ---------------------------------------------------------------- writing as it trains
+
+
+def save(path: Path, state: dict) -> None:
+    try:
+        save_checkpoint(path, state)
+    except OSError as exc:
+        raise ReslabError(f"could not write {path} ({exc.strerror or exc}); the checkpoints already in "
+                          f"{path.parent} are intact") from None
+
+
+def save_epoch(run_dir: Path, epoch: int, state: dict, keep_last: int) -> None:
+    """checkpoints/epoch-N.pt, last.pt pointing at it, and only the last ``keep_last`` kept."""
+    path = run_dir / "checkpoints" / f"epoch-{epoch:04d}.pt"
+    save(path, state)
+    link_last(path)
+    prune(run_dir, keep_last)
+
+
+def link_last(path: Path) -> None:
+    """Point checkpoints/last.pt at ``path`` atomically (a hard link: no second copy)."""
+    temporary = path.parent / f".last.{os.getpid()}.tmp"
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(path, temporary)
+    except OSError:  # a filesystem without hard links: copy
+        shutil.copyfile(path, temporary)
+    os.replace(temporary, path.parent / "last.pt")
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buffer.getvalue())
+
+
+# ---------------------------------------------------------------- reading a finished run
+
+
+def load_result(run_dir: Path) -> RunResult:
+    """A finished run's result, read back from its folder."""
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    history = []
+    history_path = Path(run_dir) / "history.csv"
+    if history_path.is_file():
+        with history_path.open() as handle:
+            history = [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+                       for row in csv.DictReader(handle)]
+    return RunResult(Path(run_dir), metrics, history)

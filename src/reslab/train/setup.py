@@ -1,0 +1,138 @@
+"""What a run is built from, before its first step: the data (normalized as the pretrained
+weights expect), the model (with those weights, gradient checkpointing, global batch norm,
+the memory format), the optimizer over its parameter groups and the schedule."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import __version__, distributed
+from ..checkpoint import load_checkpoint
+from ..config import RunConfig
+from ..data import DataBundle, build_data
+from ..errors import ReslabError
+from ..models import create_model
+from ..models.transfer import parameter_groups
+from .optim import build_optimizer, build_scheduler
+
+logger = logging.getLogger(__name__)
+
+
+def model_options(config: RunConfig) -> dict:
+    """Model options that differ from the defaults; a family that lacks one refuses it by name."""
+    defaults = {"shortcut": "A", "stride_in": "3x3"}
+    return {key: getattr(config.model, key) for key, default in defaults.items()
+            if getattr(config.model, key) != default}
+
+
+def load_pretrained(model: nn.Module, source: str) -> list[str]:
+    """Weights from a Keras .h5 file, a torchvision file or name, or a reslab/other PyTorch checkpoint."""
+    from ..models.weights import load_keras_weights, load_torchvision_weights
+
+    if source.endswith(".h5"):
+        return load_keras_weights(model, source)
+    return load_torchvision_weights(model, source)
+
+
+def pretrained_normalization(config: RunConfig) -> tuple[str, tuple[list[float], list[float]] | None]:
+    """The normalization ``data.normalization=auto`` means: what the pretrained weights
+    expect (Keras ResNet V2 .h5: [-1, 1]; a reslab checkpoint: its own statistics; other
+    PyTorch weights: ImageNet's), or without weights the dataset's own."""
+    kind, source = config.data.normalization, config.model.pretrained
+    if kind != "auto" or not source:
+        return kind, None
+    if source.endswith(".h5"):
+        return "inception", None
+    if Path(source).exists():
+        try:
+            meta = load_checkpoint(Path(source))["meta"]
+            return "dataset", (meta["mean"], meta["std"])
+        except ReslabError:  # weights only (torchvision and most other files)
+            pass
+    return "imagenet", None
+
+
+def build_run_data(config: RunConfig, device: torch.device, env: distributed.DistEnv) -> DataBundle:
+    kind, mean_std = pretrained_normalization(config)
+    data_config = copy.copy(config.data)
+    data_config.normalization = kind
+    bundle = build_data(data_config, config.augment, device=device, batch_size=config.train.batch_size,
+                        eval_batch_size=config.train.eval_batch_size, seed=config.train.seed, rank=env.rank,
+                        world_size=env.world_size, channels_last=config.train.channels_last, mean_std=mean_std)
+    if len(bundle.train) == 0:
+        raise ReslabError(f"train.batch_size {config.train.batch_size} is larger than the "
+                          f"{bundle.description['sizes']['train']} training images; lower it")
+    return bundle
+
+
+def build_run_model(config: RunConfig, bundle: DataBundle, device: torch.device,
+                    env: distributed.DistEnv) -> tuple[nn.Module, dict]:
+    """The model on ``device`` and the ``meta`` every checkpoint of the run carries."""
+    model = create_model(config.model.name, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                         **model_options(config))
+    notes = load_pretrained(model, config.model.pretrained) if config.model.pretrained else []
+    if env.is_main:
+        for note in notes:
+            logger.info("%s: %s", config.model.pretrained, note)
+    meta = {
+        "model": config.model.name, "model_options": model_options(config),
+        "num_classes": bundle.num_classes, "in_channels": bundle.in_channels, "classes": bundle.classes,
+        "image_size": bundle.image_size, "mean": bundle.mean, "std": bundle.std,
+        "dataset": config.data.name, "task": bundle.task, "threshold": config.train.threshold,
+        "reslab_version": __version__, "config": config.to_dict(),
+    }
+    if config.model.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if config.train.sync_bn and env.enabled:
+        model = distributed.convert_sync_batchnorm(model, device)
+    model.to(device)
+    if config.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, meta
+
+
+def build_optimization(config: RunConfig, model: nn.Module, device: torch.device, steps_per_epoch: int):
+    """(optimizer, scheduler, total steps). Rates are for the global batch; with
+    ``optim.lr_reference_batch`` the rate scales with it (the linear scaling rule, Goyal et al. 2017)."""
+    optim_cfg = copy.deepcopy(config.optim)
+    if optim_cfg.lr_reference_batch:
+        optim_cfg.lr *= config.train.batch_size / optim_cfg.lr_reference_batch
+    head_lr = optim_cfg.lr
+    backbone_lr = optim_cfg.backbone_lr if optim_cfg.backbone_lr is not None else head_lr
+    groups = parameter_groups(model, backbone_lr, head_lr, optim_cfg.weight_decay, decay_norm_and_bias=True,
+                              include_frozen=True)
+    optimizer = build_optimizer(groups, optim_cfg, fused=device.type == "cuda")
+    total = total_steps(config, steps_per_epoch)
+    return optimizer, build_scheduler(optimizer, config.schedule, steps_per_epoch, total), total
+
+
+def total_steps(config: RunConfig, steps_per_epoch: int) -> int:
+    """The run's length: ``train.epochs`` or ``train.max_iters``, whichever comes first."""
+    limits = []
+    if config.train.epochs is not None:
+        limits.append(config.train.epochs * steps_per_epoch)
+    if config.train.max_iters is not None:
+        limits.append(config.train.max_iters)
+    return min(limits)
+
+
+def epochs_of(total: int, steps_per_epoch: int) -> int:
+    return math.ceil(total / steps_per_epoch)
+
+
+def warn_about_schedule(config: RunConfig, steps_per_epoch: int) -> None:
+    schedule = config.schedule
+    if schedule.name != "multistep" or not schedule.milestones:
+        return
+    total = total_steps(config, steps_per_epoch)
+    first = schedule.milestones[0] * (steps_per_epoch if schedule.unit == "epoch" else 1)
+    if first >= total:
+        logger.warning("note: the first learning-rate milestone (%s %ss) lies beyond this run's %s steps, so the "
+                       "rate stays %s; set schedule.milestones or schedule.name=cosine",
+                       schedule.milestones[0], schedule.unit, total, config.optim.lr)
