@@ -97,7 +97,7 @@ def loader_rates(folder: Path, batch_size: int, repeats: int) -> dict[str, dict[
     worker count: one epoch per pass, after an untimed epoch that starts the workers."""
     from reslab.data.files import FileLoader
     from reslab.data.folders import scan_classes
-    from reslab.data.sources import IMAGENET_STATS
+    from reslab.data.normalization import IMAGENET_STATS
     from reslab.data.transforms import ImagePipeline, train_transform
 
     _, images = scan_classes(folder, "", None, [])

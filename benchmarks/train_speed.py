@@ -4,6 +4,7 @@ NCHW, a plain SGD step), on the same model, batch and data, in the same run.
 
     python benchmarks/train_speed.py            # ResNet-20 and ResNet-56, 3 repeats
     python benchmarks/train_speed.py --quick    # ResNet-20 only, 2 repeats
+    python benchmarks/train_speed.py --shape fashion --no-inference   # real 28x28x1 Fashion-MNIST
 
 Every figure is the median of the repeats; the variants are interleaved so that a noisy
 machine slows them alike. Prints tables and writes benchmarks/results/train_speed.json.
@@ -36,6 +37,7 @@ from reslab.models.summary import count_macs  # noqa: E402
 from reslab.train.loop import train  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+FASHION = "/usr/share/datasets/fashion-mnist"
 
 
 class PilCifar(Dataset):
@@ -54,11 +56,16 @@ class PilCifar(Dataset):
 
 
 def reference_epoch(model_name: str, images, labels, batch_size: int, workers: int) -> float:
-    """Images/s of one epoch of the reference loop (model built and warmed first)."""
-    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+    """Images/s of one epoch of the reference loop (model built and warmed first); ``images``
+    are (N, H, W, 3) colour or (N, H, W) grey, padded by 4 or 2 pixels as the scripts do."""
+    grey = images.ndim == 3
+    side, padding = images.shape[1], 2 if grey else 4
+    mean, std = ((0.286,), (0.353,)) if grey else (MEAN, STD)
+    transform = T.Compose([T.RandomCrop(side, padding=padding), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(mean, std)])
     loader = DataLoader(PilCifar(images, labels, transform), batch_size=batch_size, shuffle=True,
                         num_workers=workers, drop_last=True, persistent_workers=workers > 0)
-    model = create_model(model_name)
+    model = create_model(model_name, in_channels=1 if grey else 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     criterion = nn.CrossEntropyLoss()
     model.train()
@@ -74,9 +81,10 @@ def reference_epoch(model_name: str, images, labels, batch_size: int, workers: i
     return seen / (time.perf_counter() - started)
 
 
-def reslab_epoch(model_name: str, root: Path, out: Path, batch_size: int, overrides: list[str], tag: str) -> float:
+def reslab_epoch(model_name: str, root: Path, out: Path, batch_size: int, overrides: list[str], tag: str,
+                 data: list[str] | None = None) -> float:
     """Images/s of reslab's own loop (train()), from its history: the second epoch, evaluation excluded."""
-    config = load("paper-cifar10-resnet20", [
+    config = load("paper-cifar10-resnet20", [*(data or []), 
         f"model.name={model_name}", f"data.root={root}", "data.download=false", "data.val_size=256",
         f"train.batch_size={batch_size}", "train.epochs=2", "train.max_iters=null", f"output.dir={out}",
         f"output.name={tag}-{time.time_ns()}", "output.plots=false", *overrides])
@@ -183,6 +191,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--ref-workers", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also measure train.compile=true (slow to start)")
+    parser.add_argument("--shape", choices=("cifar", "fashion"), default="cifar",
+                        help="cifar: 32x32x3 (an archive of random pixels); fashion: 28x28x1, real Fashion-MNIST "
+                             f"images from {FASHION}")
+    parser.add_argument("--no-inference", action="store_true", help="training only")
     args = parser.parse_args()
     repeats = args.repeats or (2 if args.quick else 3)
     models = ["resnet20"] if args.quick else ["resnet20", "resnet56"]
@@ -195,33 +207,45 @@ def main() -> None:
           f"({torch.get_num_threads()} threads)")
 
     variants = {
-        "reslab fp32": [],
+        "reslab fp32": ["train.channels_last=false"],
         "reslab fp32 channels_last": ["train.channels_last=true"],
-        "reslab bf16": ["train.precision=bf16"],
+        "reslab bf16": ["train.precision=bf16", "train.channels_last=false"],
         "reslab bf16 channels_last": ["train.precision=bf16", "train.channels_last=true"],
     }
     if args.compile:
         variants["reslab fp32 compiled"] = ["train.compile=true"]
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        per_batch = (args.images + 256) // 5 + 1
-        write_cifar_archive(root / "cifar-10-python.tar.gz", train_per_batch=per_batch, test=256)
-        train_set, _, _, _ = read_cifar(root, "cifar10", download=False)
-        images = train_set.images[: args.images].permute(0, 2, 3, 1).numpy()
+        if args.shape == "fashion":
+            from reslab.data.idx import read_idx_dataset
+
+            train_set = read_idx_dataset(Path(FASHION), "fashion-mnist", download=False)[0]
+            images = train_set.images[: args.images, 0].numpy()  # (N, 28, 28)
+            data = ["data.name=fashion-mnist", f"data.root={FASHION}", "data.download=false",
+                    f"data.train_size={args.images + 256}", "augment.crop_padding=2", "augment.hflip=true"]
+            shape = (1, 28, 28)
+        else:
+            per_batch = (args.images + 256) // 5 + 1
+            write_cifar_archive(root / "cifar-10-python.tar.gz", train_per_batch=per_batch, test=256)
+            train_set, _, _, _ = read_cifar(root, "cifar10", download=False)
+            images = train_set.images[: args.images].permute(0, 2, 3, 1).numpy()
+            data, shape = [], (3, 32, 32)
         labels = train_set.labels[: args.images].numpy()
+        results["shape"] = list(shape)
         results["training"] = {}
         for model_name in models:
-            macs = count_macs(create_model(model_name), (3, 32, 32))
+            macs = count_macs(create_model(model_name, in_channels=shape[0]), shape)
             rates = {"reference fp32": [], **{name: [] for name in variants}}
             for repeat in range(repeats):
                 rates["reference fp32"].append(reference_epoch(model_name, images, labels, args.batch_size,
                                                                args.ref_workers))
                 for name, overrides in variants.items():
                     rates[name].append(reslab_epoch(model_name, root, root / "runs", args.batch_size, overrides,
-                                                    name.replace(" ", "-")))
+                                                    name.replace(" ", "-"), data))
             medians = {name: statistics.median(values) for name, values in rates.items()}
             base = medians["reference fp32"]
-            print(f"\ntraining {model_name}, batch {args.batch_size}, {args.images} images/epoch, "
+            print(f"\ntraining {model_name} on {'x'.join(map(str, shape[::-1]))}, batch {args.batch_size}, "
+                  f"{args.images} images/epoch, "
                   f"median of {repeats} (images/s; x reference; share of the matmul peak)")
             rows = {}
             for name, rate in medians.items():
@@ -232,28 +256,29 @@ def main() -> None:
                 print(f"  {name:<28} {rate:8.0f}  {rate / base:5.2f}x  {100 * utilisation:5.1f}%")
             results["training"][model_name] = rows
 
-    print("\nwhere a reslab training step's time goes (ResNet-20, fp32, ms per step, median):")
-    profile = step_profile("resnet20", args.batch_size)
-    results["step_profile_ms"] = profile
-    total = sum(profile.values())
-    for name, value in profile.items():
-        print(f"  {name:<10} {value:7.1f} ms  {100 * value / total:5.1f}%")
+    if not args.no_inference:
+        print("\nwhere a reslab training step's time goes (ResNet-20, fp32, ms per step, median):")
+        profile = step_profile("resnet20", args.batch_size)
+        results["step_profile_ms"] = profile
+        total = sum(profile.values())
+        for name, value in profile.items():
+            print(f"  {name:<10} {value:7.1f} ms  {100 * value / total:5.1f}%")
 
-    results["inference"] = {}
-    cases = [("resnet20", (3, 32, 32), 1), ("resnet20", (3, 32, 32), 256), ("resnet50", (3, 224, 224), 1)]
-    if not args.quick:
-        cases.append(("resnet50", (3, 224, 224), 32))
-    names = ["eager fp32", "eager bf16", "channels_last bf16", "onnxruntime fp32"]
-    if args.compile:
-        names.append("compiled fp32")
-    print("\ninference images/s (median):")
-    for model_name, shape, batch in cases:
-        rates = inference_rates(model_name, shape, batch, repeats=max(3, repeats), variants=names)
-        key = f"{model_name} {shape[1]}x{shape[2]} batch {batch}"
-        results["inference"][key] = rates
-        print(f"  {key:<28} " + "  ".join(f"{n}: {r:.0f}" for n, r in rates.items()))
+        results["inference"] = {}
+        cases = [("resnet20", (3, 32, 32), 1), ("resnet20", (3, 32, 32), 256), ("resnet50", (3, 224, 224), 1)]
+        if not args.quick:
+            cases.append(("resnet50", (3, 224, 224), 32))
+        names = ["eager fp32", "eager bf16", "channels_last bf16", "onnxruntime fp32"]
+        if args.compile:
+            names.append("compiled fp32")
+        print("\ninference images/s (median):")
+        for model_name, shape, batch in cases:
+            rates = inference_rates(model_name, shape, batch, repeats=max(3, repeats), variants=names)
+            key = f"{model_name} {shape[1]}x{shape[2]} batch {batch}"
+            results["inference"][key] = rates
+            print(f"  {key:<28} " + "  ".join(f"{n}: {r:.0f}" for n, r in rates.items()))
 
-    out = Path(__file__).parent / "results" / "train_speed.json"
+    out = Path(__file__).parent / "results" / f"train_speed{'_fashion' if args.shape == 'fashion' else ''}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"\nwritten: {out}")

@@ -50,7 +50,7 @@ def test_unknown_keys_are_refused_by_name_with_a_suggestion():
     ("train", "not of the form section.key=value"),
     ("train.seed=-1", "'train.seed' must be in"),
     ("data.split_seed=99999999999", "'data.split_seed' must be in"),
-    ("optim.lr=.inf", "'optim.lr' must be a positive number"),
+    ("optim.lr=.inf", "'optim.lr' must be a finite number"),
 ])
 def test_bad_values_are_refused_with_the_key(override, message):
     with pytest.raises(ReslabError, match=message.replace("[", r"\[")):

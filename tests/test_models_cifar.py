@@ -72,7 +72,8 @@ def test_feature_map_sizes_per_stage():
 
 
 def test_any_valid_depth_builds_and_invalid_depths_are_refused():
-    assert len(create_model("resnet26").layer1) == 4
+    assert len(create_model("resnet38").layer1) == 6
+    assert len(create_model("cifar_resnet26").layer1) == 4  # resnet26 is timm's ImageNet net (test_seams.py)
     assert len(create_model("plain14").layer3) == 2
     for bad in ("resnet21", "plain100", "resnet2"):
         with pytest.raises(ReslabError, match="6n\\+2"):

@@ -138,7 +138,7 @@ def test_in_channels_changes_only_the_first_conv():
     assert gray.conv1.weight.shape == (64, 1, 7, 7)
     rgb_shapes = {k: v.shape for k, v in rgb.state_dict().items() if k != "conv1.weight"}
     assert rgb_shapes == {k: v.shape for k, v in gray.state_dict().items() if k != "conv1.weight"}
-    assert gray.eval()(torch.randn(1, 1, 32, 32)).shape == (1, 10)
+    assert gray.eval()(torch.randn(1, 1, 32, 32)).shape == (1, 1000)  # ImageNet nets: 1,000 classes
 
 
 def test_stage_names_are_torchvision_and_keras_ones():
@@ -303,7 +303,8 @@ def test_bad_freeze_mode_is_a_reslab_error():
 
 def test_parameter_groups_split_backbone_and_head_and_spare_bn_and_bias_from_decay():
     model = freeze(create_model("resnet18", num_classes=10), 2)
-    groups = {g["name"]: g for g in parameter_groups(model, backbone_lr=0.01, head_lr=0.1, weight_decay=5e-4)}
+    groups = {g["name"]: g for g in parameter_groups(model, backbone_lr=0.01, head_lr=0.1, weight_decay=5e-4,
+                                                     decay_norm_and_bias=False)}
     assert set(groups) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
     assert groups["head"]["params"] == [model.fc.weight] and groups["head"]["lr"] == 0.1
     assert groups["head_no_decay"]["params"] == [model.fc.bias] and groups["head_no_decay"]["weight_decay"] == 0.0

@@ -329,8 +329,8 @@ def test_cli_compare_reuses_a_finished_study(study, capsys):
     assert main(["compare", "--recipe", "demo-digits", "--models", "resnet8,plain8", "--seeds", "0,1",
                  "--out", str(study.out), "--epochs", "1", "train.batch_size=128", "output.plots=false",
                  "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("(finished, reused)") == 4 and "(0 trained now)" in out
+    captured = capsys.readouterr()  # progress is logged (stderr), results printed (stdout)
+    assert captured.err.count("(finished, reused)") == 4 and "(0 trained now)" in captured.out
     assert (study.out / "report" / "report.html").is_file()
 
 

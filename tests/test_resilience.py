@@ -24,6 +24,13 @@ def start(out: Path, name: str, *extra: str, launcher=(sys.executable, "-m", "re
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
+def resume(run_dir: Path) -> subprocess.Popen:
+    """``reslab train --resume``: the run's own config, nothing else (--config is refused with it)."""
+    return subprocess.Popen([sys.executable, "-m", "reslab", "train", "--resume", str(run_dir), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
 def finish(process: subprocess.Popen) -> tuple[int, str]:
     _, stderr = process.communicate(timeout=600)
     return process.returncode, stderr
@@ -63,7 +70,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(reference,
         process.wait()
         kills += 1
         assert not (run_dir / "metrics.json").exists()
-        process = start(tmp_path, "killed", "--resume", str(run_dir))
+        process = resume(run_dir)
     code, stderr = finish(process)
     assert code == 0, stderr
     assert kills >= 1
@@ -97,7 +104,9 @@ def test_a_killed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeyp
     from reslab import checkpoint
 
     path = tmp_path / "epoch-0001.pt"
-    checkpoint.save_checkpoint(path, {"model": {"w": torch.ones(3)}, "meta": {}})
+    meta = {"model": "resnet8", "num_classes": 10, "in_channels": 1, "classes": [str(i) for i in range(10)],
+            "image_size": [8, 8], "mean": [0.5], "std": [0.25]}
+    checkpoint.save_checkpoint(path, {"model": {"w": torch.ones(3)}, "meta": meta})
 
     def dies_midway(state, handle):
         handle.write(b"partial garbage")
@@ -105,7 +114,7 @@ def test_a_killed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeyp
 
     monkeypatch.setattr(torch, "save", dies_midway)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "meta": {}})
+        checkpoint.save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "meta": meta})
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["epoch-0001.pt"]  # no temporary left behind

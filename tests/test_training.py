@@ -118,7 +118,7 @@ def test_same_seed_same_result_different_seed_different(tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [
-    ("optim.name=adam", "optim.lr=1e-3", "schedule.name=onecycle"),
+    ("optim.name=adam", "optim.lr=1e-3", "schedule.name=onecycle", "schedule.warmup=none"),
     ("optim.name=adamw", "optim.lr=1e-3", "train.label_smoothing=0.1", "schedule.name=constant"),
     ("train.precision=bf16", "train.channels_last=true"),
     ("model.shortcut=B", "model.grad_checkpointing=true", "schedule.name=multistep",
@@ -198,7 +198,8 @@ def test_flip_tta_averages_an_image_and_its_mirror():
 
 
 def test_a_resumed_run_may_train_longer_but_not_change_what_it_learns(tmp_path):
-    first = train(quick_config(tmp_path, "train.epochs=1"), progress=False)
+    step_schedule = ("schedule.name=multistep", "schedule.unit=epoch", "schedule.milestones=[1]")
+    first = train(quick_config(tmp_path, "train.epochs=1", *step_schedule), progress=False)
     (first.run_dir / "metrics.json").unlink()
     with pytest.raises(ReslabError, match="data.split_seed=0, not 3"):
         train(load_run_config(first.run_dir, ["data.split_seed=3"]), resume=first.run_dir, progress=False)

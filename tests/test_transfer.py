@@ -8,7 +8,7 @@ import torchvision
 from conftest import quick_config
 from reslab import ReslabError
 from reslab.checkpoint import load_checkpoint
-from reslab.data.sources import IMAGENET_STATS
+from reslab.data.normalization import IMAGENET_STATS
 from reslab.train.loop import train
 
 

@@ -43,10 +43,17 @@ def cmd_train(args) -> int:
     from .train.run_folder import load_run_config
 
     if args.resume:
+        if args.config:
+            raise ReslabError("--config cannot be combined with --resume: a resumed run keeps its own config; "
+                              "give the changes allowed (e.g. train.epochs=60) as section.key=value")
         config = validate(load_run_config(args.resume, _overrides(args)))
     else:
         config = load(args.config, _overrides(args))
-    result = train(config, resume=Path(args.resume) if args.resume else None, progress=not args.no_progress)
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    # record: under torchrun, a failing rank writes its error where torchrun reports it.
+    result = record(train)(config, resume=Path(args.resume) if args.resume else None,
+                           progress=not args.no_progress)
     if is_main_process():  # under torchrun, one table
         _print_metrics(result.metrics)
         print(f"run folder: {result.run_dir}")
@@ -216,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary = commands.add_parser("summary", help="layer table, parameter counts and MACs of a model")
     summary.add_argument("model")
     summary.add_argument("--input-size", default="3,32,32", help="C,H,W (default 3,32,32)")
-    summary.add_argument("--num-classes", type=int, default=10)
+    summary.add_argument("--num-classes", type=int, help="default: the family's (ImageNet nets 1000, CIFAR nets 10)")
     summary.add_argument("--depth", type=int, default=None, help="one row per module nested this deep (2: one per block) instead of per layer")
     summary.set_defaults(func=cmd_summary)
 
@@ -304,14 +311,14 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-class _TqdmAwareHandler(logging.StreamHandler):
-    """Log lines on stderr, written around an active progress bar rather than through it."""
+class _TqdmAwareHandler(logging.Handler):
+    """Log lines on (the current) stderr, written around an active progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             from tqdm import tqdm
 
-            tqdm.write(self.format(record), file=self.stream)
+            tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # noqa: BLE001  (logging must never raise)
             self.handleError(record)
 
@@ -322,7 +329,7 @@ def setup_logging() -> None:
     logger = logging.getLogger("reslab")
     if any(isinstance(h, _TqdmAwareHandler) for h in logger.handlers):
         return
-    handler = _TqdmAwareHandler(sys.stderr)
+    handler = _TqdmAwareHandler()
     handler.setFormatter(logging.Formatter("reslab: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if is_main_process() else logging.ERROR)

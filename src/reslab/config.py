@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -89,6 +90,9 @@ class OptimConfig:
     weight_decay: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     backbone_lr: float | None = None  # transfer learning: a separate rate for the pretrained part
+    # Weight decay on batch-norm weights and all biases too, as the ResNet paper and torchvision's
+    # reference scripts do; false exempts them, as many later recipes (and timm) do.
+    decay_norm_and_bias: bool = True
     # Linear scaling rule (Goyal et al. 2017): if set, the rate used is lr * batch_size / this.
     # None uses lr as given; either way the rate is for the global batch, whatever the process count.
     lr_reference_batch: int | None = None
@@ -207,7 +211,7 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         section_name, key = path.strip().split(".", 1)
         section = _section(config, section_name)
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = safe_yaml(text) if text.strip() else None
         except yaml.YAMLError:
             value = text
         if isinstance(value, (bool, int, float)) and _is_text_field(section, key):
@@ -231,17 +235,48 @@ def recipe_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+class _PlainLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases (a config needs none, and a few hundred bytes of
+    nested aliases expand into gigabytes) and nested at most ``MAX_YAML_DEPTH`` deep."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"aliases (*{event.anchor}) are not allowed in a reslab config")
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.YAMLError(f"nested more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+MAX_YAML_DEPTH = 20
+
+
+def safe_yaml(text: str):
+    """``yaml.safe_load`` for config files: plain values, no aliases, bounded nesting."""
+    return yaml.load(text, Loader=_PlainLoader)  # noqa: S506  (_PlainLoader is a SafeLoader)
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value for an error line, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 def _read_yaml(source: str | Path) -> dict[str, Any]:
     path = Path(source)
     if not path.exists() and not str(source).endswith((".yaml", ".yml")):
         recipe = resources.files("reslab") / "recipes" / f"{source}.yaml"
         if recipe.is_file():
-            return yaml.safe_load(recipe.read_text()) or {}
+            return safe_yaml(recipe.read_text()) or {}
         close = difflib.get_close_matches(str(source), recipe_names(), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else f"; recipes: {', '.join(recipe_names())}"
         raise ReslabError(f"config {str(source)!r} is neither a file nor a shipped recipe{hint}")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return safe_yaml(path.read_text()) or {}
     except FileNotFoundError:
         raise ReslabError(f"config file {path} does not exist") from None
     except OSError as exc:
@@ -295,7 +330,7 @@ def _coerce(value: Any, hint, name: str) -> Any:
         for candidate in (value, str(value)) + ((int(value),) if str(value).isdigit() else ()):
             if candidate in allowed and not isinstance(candidate, bool):
                 return candidate
-        raise ReslabError(f"config key '{name}' must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        raise ReslabError(f"config key '{name}' must be one of {', '.join(map(str, allowed))}, got {_shown(value)}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
             value = [value]
@@ -320,18 +355,23 @@ def _coerce(value: Any, hint, name: str) -> Any:
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             return str(value)
     type_name = getattr(hint, "__name__", str(hint))
-    raise ReslabError(f"config key '{name}' must be {type_name}, got {value!r}")
+    raise ReslabError(f"config key '{name}' must be {type_name}, got {_shown(value)}")
 
 
 # ---------------------------------------------------------------- validation
 
 
 def validate(config: RunConfig) -> RunConfig:
+    for section in dataclasses.fields(config):
+        for key, value in vars(getattr(config, section.name)).items():
+            numbers = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                raise ReslabError(f"config key '{section.name}.{key}' must be a finite number, got {_shown(value)}")
     for path, allowed in CHOICES.items():
         section, key = path.split(".")
         value = getattr(getattr(config, section), key)
         if value not in allowed:
-            raise ReslabError(f"config key '{path}' must be one of {', '.join(allowed)}, got {value!r}")
+            raise ReslabError(f"config key '{path}' must be one of {', '.join(allowed)}, got {_shown(value)}")
     checks = [
         ("optim.lr", 0 < config.optim.lr < float("inf"), "must be a positive number"),
         ("train.seed", 0 <= config.train.seed < 2**32, "must be in [0, 2**32)"),
@@ -385,14 +425,19 @@ def validate(config: RunConfig) -> RunConfig:
     for name, ok, message in checks:
         if not ok:
             section, key = name.split(".")
-            raise ReslabError(f"config key '{name}' {message}, got {getattr(getattr(config, section), key)!r}")
+            raise ReslabError(f"config key '{name}' {message}, got {_shown(getattr(getattr(config, section), key))}")
     freeze = config.model.freeze
     if freeze not in ("none", "backbone") and not (freeze.isdigit() and int(freeze) >= 0):
         raise ReslabError(f"config key 'model.freeze' must be none, backbone or a number of stages, got {freeze!r}")
+    if config.schedule.name == "onecycle" and config.schedule.warmup != "none":
+        raise ReslabError("schedule.warmup does not apply to schedule.name=onecycle, which warms up by itself "
+                          "(its first 30% of steps); set schedule.warmup=none")
     if config.data.name in FILE_DATASETS and config.data.channels == 1:
         raise ReslabError(f"data.channels=1: {config.data.name} images are read as RGB; leave data.channels empty or 3")
     if config.train.precision == "fp16" and config.train.device == "cpu":
         raise ReslabError("config key 'train.precision' fp16 needs a GPU; use bf16 on the CPU")
-    if config.output.name is not None and ("/" in config.output.name or config.output.name in ("", ".", "..")):
-        raise ReslabError(f"config key 'output.name' must be a plain folder name, got {config.output.name!r}")
+    name = config.output.name
+    if name is not None and ("/" in name or "\0" in name or name in ("", ".", "..") or len(name.encode()) > 200):
+        raise ReslabError(f"config key 'output.name' must be a plain folder name of at most 200 bytes, "
+                          f"got {_shown(name)}")
     return config

@@ -94,23 +94,25 @@ def any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """Batch norm over the global batch of all processes, for CPUs, where PyTorch's
-    SyncBatchNorm does not run. Sums and squared sums are all-reduced with the
-    differentiable collective, so the backward pass is the global batch's too."""
+    SyncBatchNorm does not run. Sums and squared sums are all-reduced with PyTorch's
+    functional collective, which has a backward (so the gradient is the global batch's too)
+    and compiles with ``torch.compile``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        from torch.distributed._functional_collectives import all_reduce
 
         dtype = x.dtype
         x = x.float()  # statistics in fp32 under bf16/fp16 autocast, as PyTorch's batch norm keeps them
         channels = x.shape[1]
-        local_count = torch.tensor([x.numel() / channels], dtype=x.dtype, device=x.device)
-        stats = torch.cat([x.sum((0, 2, 3)), x.square().sum((0, 2, 3)), local_count])
-        stats = all_reduce(stats)
+        local_count = torch.full((1,), x.numel() / channels, dtype=x.dtype, device=x.device)
+        stats = all_reduce(torch.cat([x.sum((0, 2, 3)), x.square().sum((0, 2, 3)), local_count]), "sum",
+                           dist.group.WORLD)
         count = stats[-1]
         mean = stats[:channels] / count
-        var = stats[channels : 2 * channels] / count - mean.square()
+        # E[x^2] - E[x]^2 can come out a hair below zero in floating point: clamp it.
+        var = (stats[channels : 2 * channels] / count - mean.square()).clamp_min(0)
         with torch.no_grad():
             self.num_batches_tracked += 1
             momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)

@@ -20,7 +20,7 @@ def safe_torch_load(path: Path, what: str = "PyTorch file", map_location: str | 
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc).lower()
-        if "weights only" in text or "global" in text:  # the weights-only unpickler met a class or function
+        if "global" in text:  # the weights-only unpickler met a class or function ("GLOBAL print was not ...")
             raise ReslabError(f"refusing to load {path}: it holds objects other than tensors and plain values "
                               "(loading it could run code); save model.state_dict() instead") from None
         raise ReslabError(f"{path} is not a readable {what} ({first_line(exc)})") from None

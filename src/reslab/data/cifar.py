@@ -114,7 +114,10 @@ def read_cifar(root: Path, name: str, download: bool) -> tuple[ArrayDataset, Arr
     meta = _unpickle(members[spec.meta_member], f"{location}: {spec.meta_member}")
     if spec.names_key not in meta:
         raise ReslabError(f"{location}: {spec.meta_member} has no {spec.names_key!r}; is this {spec.title}?")
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[spec.names_key]]
+    names = meta[spec.names_key]
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(c, (bytes, str)) for c in names):
+        raise ReslabError(f"{location}: {spec.meta_member}'s {spec.names_key!r} is not a list of class names")
+    classes = [c.decode(errors="replace") if isinstance(c, bytes) else c for c in names]
     train = _batches_to_arrays([members[m] for m in spec.train_members], spec, location, len(classes))
     test = _batches_to_arrays([members[spec.test_member]], spec, location, len(classes))
     return train, test, classes, str(location)
@@ -151,12 +154,28 @@ def _batches_to_arrays(raws: list[bytes], spec: CifarSpec, location: Path, num_c
         batch = _unpickle(raw, str(location))
         if "data" not in batch or spec.label_key not in batch:
             raise ReslabError(f"{location}: a batch lacks 'data' or {spec.label_key!r}; is this {spec.title}?")
-        data = np.asarray(batch["data"], dtype=np.uint8)
+        data, batch_labels = _integers(batch["data"], location, "data"), _integers(batch[spec.label_key], location,
+                                                                                   spec.label_key)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise ReslabError(f"{location}: batch data has shape {data.shape}, expected (N, 3072)")
-        images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[spec.label_key], dtype=np.int64))
+        if data.size and (data.min() < 0 or data.max() > 255):
+            raise ReslabError(f"{location}: pixel values outside 0..255; is this {spec.title}?")
+        if batch_labels.shape != (len(data),):
+            raise ReslabError(f"{location}: a batch has {len(data)} images but {batch_labels.size} labels")
+        images.append(data.astype(np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(batch_labels.astype(np.int64))
     image_array, label_array = np.concatenate(images), np.concatenate(labels)
     if len(label_array) and (label_array.min() < 0 or label_array.max() >= num_classes):
         raise ReslabError(f"{location}: labels outside 0..{num_classes - 1}")
     return ArrayDataset(torch.from_numpy(image_array), torch.from_numpy(label_array))
+
+
+def _integers(value, location: Path, key: str) -> np.ndarray:
+    """A batch's ``key`` as an integer array, or a one-line error (strings, floats, objects)."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        array = None
+    if array is None or array.dtype.kind not in "iu":
+        raise ReslabError(f"{location}: a batch's {key!r} is not an array of integers")
+    return array

@@ -28,18 +28,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from ..config import CHOICES
 from ..errors import ReslabError
 from .loader import batch_count, global_batches, rank_slice
+from .decode import DECODERS, DEFAULT_DECODER, BadImage, decode
 from .normalization import Normalizer
 from .seeding import epoch_generator, sample_seed, seeded
 
-DECODERS = tuple(name for name in CHOICES["data.decoder"] if name != "auto")
-# Measured on 500x375 JPEGs here (benchmarks/data_loading.py): torchvision.io decodes
-# ~20% faster than Pillow, and decode + RandomResizedCrop + flip ~35% faster than Pillow
-# followed by the same transforms on the tensor. torchvision 0.29 deprecates its decoders
-# in favour of TorchCodec: "pil" is the way out when they go.
-DEFAULT_DECODER = "torchvision"
 # Consecutive undecodable files after which a training batch gives up: that many in a
 # row is a broken dataset (an unmounted disk, a wrong folder), not a few bad files.
 MAX_SUBSTITUTES = 16
@@ -157,52 +151,6 @@ class FileSplits:
 
     def sizes(self) -> dict:
         return {"train": len(self.train), "val": len(self.val) if self.val is not None else 0, "test": len(self.test)}
-
-
-# ---------------------------------------------------------------- decoding
-
-
-class BadImage(Exception):
-    """A file that does not decode to an image."""
-
-
-def decode(path: str, decoder: str = DEFAULT_DECODER) -> torch.Tensor:
-    """The image in ``path`` as an RGB uint8 tensor (3, H, W); ``BadImage`` if it is none.
-
-    Grayscale, palette, CMYK and RGBA images come out as RGB (alpha dropped), 16-bit ones
-    as 8-bit. With the
-    torchvision decoder, the formats it lacks (BMP, TIFF, PPM) are read by Pillow. Both
-    give tensors, as the transforms run faster on tensors than on PIL images.
-    """
-    if decoder == "torchvision":
-        from torchvision.io import ImageReadMode, decode_image
-
-        try:
-            image = decode_image(path, mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError, OSError):
-            return _decode_pil(path)  # the formats it lacks; and Pillow names the problem
-        if image.dtype != torch.uint8:  # 16-bit PNGs
-            image = (image.to(torch.int32) >> 8).to(torch.uint8)
-        return image
-    return _decode_pil(path)
-
-
-def _decode_pil(path: str) -> torch.Tensor:
-    from PIL import Image
-    from torchvision.transforms.v2.functional import pil_to_tensor
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode.startswith("I;16"):  # Pillow's conversion to RGB would clip at 255
-                gray = torch.from_numpy((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8))
-                return gray.expand(3, -1, -1).contiguous()
-            return pil_to_tensor(image if image.mode == "RGB" else image.convert("RGB"))
-    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError ...
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        if isinstance(exc, OSError) and exc.strerror:
-            reason = exc.strerror
-        raise BadImage(reason) from None
 
 
 class ImageFileDataset(Dataset):

@@ -23,6 +23,7 @@ that cannot be listed is skipped and reported, or refused with ``strict``.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +50,17 @@ def class_folders(folder: Path) -> list[str]:
         raise ReslabError(f"cannot list {folder}: {exc.strerror or exc}") from None
 
 
-def image_files(folder: Path, problems: list[BadFile]) -> list[str]:
-    """The image files below ``folder`` (recursively, sorted), as paths relative to it;
-    a sub-folder that cannot be listed is added to ``problems`` and skipped."""
+def image_files(folder: Path, problems: list[BadFile], seen: set | None = None) -> list[str]:
+    """The image files below ``folder`` (recursively, sorted), as paths relative to it.
+
+    Each real file and folder is taken once, however many links lead to it: a link loop
+    (``cat/loop -> .``) or a second link to a file is reported in ``problems`` and skipped,
+    so one image cannot land in two splits. Only regular files count (a FIFO named .png
+    would hang the loader). A sub-folder that cannot be listed is reported and skipped.
+    ``seen`` (device, inode) pairs are shared across class folders by the caller."""
+    seen = set() if seen is None else seen
+    own = folder.stat()
+    seen.add((own.st_dev, own.st_ino))
     found = []
     pending = [""]
     while pending:
@@ -66,18 +75,32 @@ def image_files(folder: Path, problems: list[BadFile]) -> list[str]:
                 continue
             path = os.path.join(relative, entry.name) if relative else entry.name
             try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
+                info = os.stat(entry.path)  # follows links: the real file or folder
+            except OSError as exc:
+                if entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                    problems.append(BadFile(entry.path, f"unreadable: {exc.strerror or exc}"))
+                continue
+            is_dir, is_image = stat.S_ISDIR(info.st_mode), entry.name.lower().endswith(IMAGE_EXTENSIONS)
+            if not is_dir and not is_image:
+                continue
+            if is_image and not stat.S_ISREG(info.st_mode):
+                problems.append(BadFile(entry.path, "not a regular file (a pipe, socket or device): skipped"))
+                continue
+            key = (info.st_dev, info.st_ino)
+            if key in seen:
+                what = "a link back to a folder already listed (a loop)" if is_dir else "a second link to a file"
+                problems.append(BadFile(entry.path, f"{what}: skipped"))
+                continue
+            seen.add(key)
             if is_dir:
                 pending.append(path)
-            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            else:
                 found.append(path)
     return sorted(found)
 
 
-def scan_classes(root: Path, folder: str, classes: list[str] | None,
-                 problems: list[BadFile]) -> tuple[list[str], ImageList]:
+def scan_classes(root: Path, folder: str, classes: list[str] | None, problems: list[BadFile],
+                 seen: set | None = None) -> tuple[list[str], ImageList]:
     """The images of ``root/folder/<class>/...``; with ``classes`` given (the training
     split's), a class folder outside them is refused, a missing one is simply empty."""
     base = root / folder if folder else root
@@ -91,8 +114,10 @@ def scan_classes(root: Path, folder: str, classes: list[str] | None,
                               "every split must use the training split's classes")
     index = {name: i for i, name in enumerate(classes)}
     paths, labels = [], []
+    seen = set() if seen is None else seen
+    seen.add((base.stat().st_dev, base.stat().st_ino))
     for name in found:
-        files = image_files(base / name, problems)
+        files = image_files(base / name, problems, seen)
         prefix = os.path.join(folder, name) if folder else name
         paths.extend(os.path.join(prefix, f) for f in files)
         labels.extend([index[name]] * len(files))
@@ -124,18 +149,27 @@ def read_folder(root: Path, val_size: float = 0.1, test_size: float = 0.2, split
                           "val/ and test/ sub-folders of class folders")
     present = {split: (root / split).is_dir() for split in SPLIT_FOLDERS}
     problems: list[BadFile] = []
+    seen: set = set()  # every real file once, across the splits too
     if present["train"]:
-        classes, train = scan_classes(root, "train", None, problems)
-        val = scan_classes(root, "val", classes, problems)[1] if present["val"] else None
-        test = scan_classes(root, "test", classes, problems)[1] if present["test"] else None
+        classes, train = scan_classes(root, "train", None, problems, seen)
+        val = scan_classes(root, "val", classes, problems, seen)[1] if present["val"] else None
+        test = scan_classes(root, "test", classes, problems, seen)[1] if present["test"] else None
         layout = "/".join(split for split in SPLIT_FOLDERS if present[split]) + " folders"
     else:
-        classes, train = scan_classes(root, "", None, problems)
+        classes, train = scan_classes(root, "", None, problems, seen)
         val = test = None
         layout = "one folder of class folders"
     if not classes:
         raise ReslabError(f"{root} has no class folders; expected {root}/<class>/<image>.jpg "
                           "or train/, val/, test/ sub-folders of class folders")
+    counts = np.bincount(train.targets, minlength=len(classes)) if len(train) else np.zeros(len(classes))
+    if len(classes) < 2:
+        raise ReslabError(f"{root} has one class folder ({classes[0]}); a classifier needs two classes or more")
+    empty = [name for name, count in zip(classes, counts) if count == 0]
+    if empty and len(train):
+        raise ReslabError(f"class folder {empty[0]!r} of {root} holds no images"
+                          + (f" (nor do {len(empty) - 1} more)" if len(empty) > 1 else "")
+                          + ": add images or remove the folder")
     if len(train) == 0:
         raise ReslabError(f"no images in the class folders of {root} (extensions {', '.join(IMAGE_EXTENSIONS)})")
     if test is None and val is not None:

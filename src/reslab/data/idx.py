@@ -5,6 +5,7 @@ two zero bytes, a type code, the number of dimensions and each dimension's size)
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ def read_idx(path: Path) -> np.ndarray:
     """An unsigned-byte IDX file as an array; a wrong or cut file gives a ``ReslabError``."""
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise ReslabError(f"cannot read IDX file {path}: {exc}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ReslabError(f"{path} is not an IDX file (bad magic number)")
@@ -93,6 +94,10 @@ def read_idx_dataset(root: Path, name: str, download: bool) -> tuple[ArrayDatase
             ArrayDataset(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
         )
     classes = class_names(name)
-    if splits[0].labels.max() >= len(classes):
-        raise ReslabError(f"{name}: labels go up to {int(splits[0].labels.max())}, but it has {len(classes)} classes")
+    for split, data in zip(FILES, splits):
+        if len(data) == 0:
+            raise ReslabError(f"{name}: the {split} files hold no images")
+        if int(data.labels.max()) >= len(classes):
+            raise ReslabError(f"{name}: {split} labels go up to {int(data.labels.max())}, but it has "
+                              f"{len(classes)} classes")
     return splits[0], splits[1], classes, str(image_path.parent)

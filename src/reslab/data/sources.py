@@ -67,6 +67,9 @@ class DataBundle:
     std: list[float]
     description: dict  # for dataset.json
     problems: list[BadFile] = field(default_factory=list)  # bad files and folders found while listing
+    # How an image file becomes the model's input at evaluation (timm's pretrained_cfg,
+    # torchvision's weight transforms): saved in every checkpoint, applied by predict and serve.
+    preprocess: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -138,9 +141,11 @@ def _in_memory(data: DataConfig, augment: AugmentConfig, device, batch_size, eva
 
     size = [data.image_size] * 2 if data.image_size else list(splits.image_size)
     description = {**splits.describe(), "task": "single-label", "loader": "device"}
+    # A file given to predict is squashed to the size the dataset's images have (all square).
+    preprocess = preprocessing(size[0], None, False, mean, std, splits.in_channels)
     return DataBundle(loader(splits.train, batch_size, True), loader(splits.val, eval_batch_size, False),
                       loader(splits.test, eval_batch_size, False), splits.classes, "single-label",
-                      splits.in_channels, size, list(mean), list(std), description)
+                      splits.in_channels, size, list(mean), list(std), description, preprocess=preprocess)
 
 
 def read_file_splits(data: DataConfig) -> FileSplits:
@@ -202,8 +207,19 @@ def _from_files(data: DataConfig, augment: AugmentConfig, device, batch_size, ev
         "decoder": decoder, "workers": workers, "pipeline": dataclasses.asdict(pipeline),
         "bad_files_at_listing": len(splits.problems), **splits.details,
     }
+    preprocess = preprocessing(pipeline.image_size, pipeline.eval_resize if pipeline.center_crop else None,
+                               pipeline.center_crop, mean, std, 3)
     return DataBundle(train, val, test, splits.classes, splits.task, 3, [pipeline.image_size] * 2, list(mean),
-                      list(std), description, problems=list(splits.problems))
+                      list(std), description, problems=list(splits.problems), preprocess=preprocess)
+
+
+def preprocessing(image_size: int, resize_size: int | None, center_crop: bool, mean, std, channels: int) -> dict:
+    """The evaluation transform as data: decode with Pillow (EXIF orientation applied), then
+    resize the shorter side to ``resize_size`` and centre-crop ``image_size`` square, or
+    squash the whole image to ``image_size`` square; then normalize with mean and std."""
+    return {"image_size": image_size, "resize_size": resize_size, "center_crop": center_crop,
+            "interpolation": "bilinear", "antialias": True, "mean": list(mean), "std": list(std),
+            "channels": channels, "decoder": "pil", "exif": "transpose"}
 
 
 def refuse_bad_files(splits: FileSplits, decoder: str, workers: int) -> None:

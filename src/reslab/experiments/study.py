@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from ..checkpoint import epoch_checkpoints
-from ..config import RunConfig, load
+from ..config import RunConfig, load, safe_yaml
 from ..data import resolve_defaults
 from ..errors import ReslabError
 from ..models import create_model
@@ -96,7 +96,7 @@ def load_study(source: str | Path, overrides: list[str] | None = None) -> Study:
     path = Path(source)
     if path.is_file():
         try:
-            data = yaml.safe_load(path.read_text())
+            data = safe_yaml(path.read_text())
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ReslabError(f"study file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
         default_name = path.stem
@@ -105,7 +105,7 @@ def load_study(source: str | Path, overrides: list[str] | None = None) -> Study:
         if str(source).endswith((".yaml", ".yml")) or not shipped.is_file():
             names = ", ".join(study_names()) or "none"
             raise ReslabError(f"study {str(source)!r} is neither a file nor a shipped study (shipped: {names})")
-        data = yaml.safe_load(shipped.read_text())
+        data = safe_yaml(shipped.read_text())
         default_name = str(source)
     return study_from_dict(data or {}, default_name, overrides)
 

@@ -45,6 +45,7 @@ def export_metadata(meta: dict) -> dict:
         "architecture": meta["model"], "model_options": meta.get("model_options", {}),
         "num_classes": meta["num_classes"], "in_channels": meta["in_channels"], "classes": meta["classes"],
         "image_size": meta["image_size"], "mean": meta["mean"], "std": meta["std"],
+        "preprocess": meta.get("preprocess"),
         "task": meta.get("task", "single-label"), "dataset": meta.get("dataset"), "reslab_version": __version__,
         "input": "float32 (N, C, H, W): pixels / 255, minus mean, divided by std, per channel",
         "output": "logits (N, classes): softmax for single-label, sigmoid for multi-label",
@@ -65,12 +66,22 @@ def export_checkpoint(checkpoint: Path | str, format: str, output: Path | str | 
     if output.is_dir():
         example = output / default_output(Path(checkpoint), format)
         raise ReslabError(f"--output {output} is a folder; give a file name, e.g. {example}")
+    for target in (output, output.with_suffix(".json")):  # the export and its metadata side file
+        if target.exists() and _in_run_folder(target):
+            raise ReslabError(f"--output {output} would replace {target}, a file of the run folder "
+                              f"{target.parent}; write the export elsewhere")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ReslabError(f"cannot create the folder of {output}: {exc.strerror}") from None
     exporter = {"onnx": export_onnx, "torchscript": export_torchscript, "safetensors": export_safetensors}[format]
     return exporter(model, meta, output)
+
+
+def _in_run_folder(path: Path) -> bool:
+    """Whether ``path`` lies in a reslab run folder (or its checkpoints/ folder)."""
+    return any((folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir()
+               for folder in (path.parent, path.parent.parent))
 
 
 def example_inputs(meta: dict, batch: int, seed: int) -> torch.Tensor:

@@ -11,13 +11,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from ..checkpoint import load_checkpoint
+from ..data.decode import BadImage, decode
 from ..data.normalization import Normalizer
+from ..data.transforms import ImagePipeline, eval_transform
 from ..device import resolve_device
 from ..errors import ReslabError
 from ..evaluate.runner import load_weights
@@ -25,8 +25,6 @@ from ..models import model_from_meta
 
 # Suffixes looked for inside folders; a file named on the command line is tried whatever its name.
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-# Refuse images larger than this before decoding them (a small file can declare a huge canvas).
-MAX_PIXELS = 50_000_000
 FORMATS = ("table", "csv", "json")
 
 
@@ -81,29 +79,31 @@ def expand_paths(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
 
 
 def decode_image(data: bytes, meta: dict) -> torch.Tensor:
-    """Image bytes as a (C, H, W) uint8 tensor: grey (L) for a 1-channel checkpoint, RGB for
-    a 3-channel one, resized to its image size. A ReslabError says why bytes are refused."""
+    """Image bytes as the model's (C, H, W) uint8 input, prepared exactly as the run's
+    evaluation prepared its images (the checkpoint's ``preprocess``: the same decoder, EXIF
+    policy, resize and crop). A ReslabError says why bytes are refused."""
     channels = meta["in_channels"]
     if channels not in (1, 3):
         raise ReslabError(f"the checkpoint takes {channels}-channel images; image files can feed 1 (grey) or 3 (RGB)")
-    height, width = meta["image_size"]
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise ReslabError(f"image of {image.width}x{image.height} pixels is larger than the "
-                                  f"{MAX_PIXELS:,} pixels accepted")
-            image = ImageOps.exif_transpose(image)  # phone photos: rotate as displayed
-            image = image.convert("L" if channels == 1 else "RGB")
-            if image.size != (width, height):
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, Image.DecompressionBombError):
-        raise ReslabError("not an image file Pillow can read (PNG, JPEG, BMP, GIF, TIFF, WebP, ...)") from None
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt image data
-        raise ReslabError(f"damaged image data ({str(exc).splitlines()[0][:120] or type(exc).__name__})") from None
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+        image = decode(data, "pil", channels)
+    except BadImage as exc:
+        raise ReslabError(str(exc)) from None
+    return prepare(image, meta)
+
+
+def prepare(image: torch.Tensor, meta: dict) -> torch.Tensor:
+    """A decoded uint8 image resized (and cropped) as the checkpoint's evaluation did. Older
+    checkpoints without ``preprocess`` had the whole image squashed to their input size."""
+    height, width = meta["image_size"]
+    spec = meta.get("preprocess") or {}
+    pipeline = ImagePipeline(image_size=height, resize_size=spec.get("resize_size"),
+                             center_crop=bool(spec.get("center_crop")))
+    if (height, width) != (pipeline.image_size, pipeline.image_size):  # a non-square input: squash
+        from torchvision.transforms import v2
+
+        return v2.functional.resize(image, [height, width], antialias=True).as_subclass(torch.Tensor)
+    return eval_transform(pipeline)(image).as_subclass(torch.Tensor)
 
 
 def load_images(specs: list[str], meta: dict) -> LoadedImages:
@@ -217,8 +217,9 @@ def class_index(meta: dict, name: str) -> int:
     classes = meta["classes"]
     if name in classes:
         return classes.index(name)
-    if name.lstrip("-").isdigit() and 0 <= int(name) < len(classes):
+    if name.isascii() and name.isdigit() and len(name) <= 6 and int(name) < len(classes):
         return int(name)
     shown = ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")
-    raise ReslabError(f"unknown class {name!r}; the checkpoint's classes are {shown} "
+    given = name if len(name) <= 40 else name[:40] + "..."
+    raise ReslabError(f"unknown class {given!r}; the checkpoint's classes are {shown} "
                       f"(or an index 0..{len(classes) - 1})")

@@ -102,7 +102,9 @@ def cifar_resnet(depth: int, num_classes: int = 10, in_channels: int = 3, shortc
 
 
 def cifar_plain(depth: int, num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -> CifarResNet:
-    """The plain twin (no shortcuts) of a CIFAR ResNet of depth 6n+2; ``shortcut`` is ignored."""
+    """The plain twin (no shortcuts) of a CIFAR ResNet of depth 6n+2."""
+    if shortcut != "A":
+        raise ReslabError(f"plain{depth} has no shortcuts, so model.shortcut={shortcut} does not apply; leave it A")
     return CifarResNet(depth, num_classes, in_channels, shortcut=shortcut, residual=False)
 
 
@@ -124,8 +126,18 @@ for _depth in (20, 32, 44, 56, 110):
 
 
 def _any_depth(match, num_classes: int = 10, in_channels: int = 3, shortcut: str = "A"):
-    builder = cifar_plain if match.group(1) == "plain" else cifar_resnet
+    builder = cifar_plain if match.group(1).endswith("plain") else cifar_resnet
     return builder(int(match.group(2)), num_classes, in_channels, shortcut)
 
 
-register_pattern(r"(resnet|plain)(\d+)", _any_depth)
+def _describe_depth(match) -> str:
+    depth = int(match.group(2))
+    what = "plain net (no shortcuts)" if match.group(1).endswith("plain") else "ResNet"
+    size = f" = 6*{(depth - 2) // 6}+2" if (depth - 2) % 6 == 0 and depth >= 8 else " (not 6n+2: refused)"
+    return f"CIFAR {what}, depth {depth}{size}"
+
+
+# resnetN / plainN for the paper's CIFAR nets of any depth 6n+2 (the registry keeps names
+# that mean an ImageNet net elsewhere, resnet26 and resnet200, for those); cifar_resnetN and
+# cifar_plainN always mean the CIFAR nets.
+register_pattern(r"(resnet|plain|cifar_resnet|cifar_plain)([0-9]+)", _any_depth, _describe_depth)

@@ -151,7 +151,8 @@ def _any_preact(match, num_classes: int = 10, in_channels: int = 3, stride_in: s
     return preact_resnet(int(match.group(1)), num_classes, in_channels, stride_in)
 
 
-register_pattern(r"preact_resnet(\d+)", _any_preact)
+register_pattern(r"preact_resnet([0-9]+)", _any_preact,
+                 lambda match: f"CIFAR pre-activation ResNet-{match.group(1)} (bottlenecks, depth 9n+2)")
 
 
 # ---------------------------------------------------------------------------------------

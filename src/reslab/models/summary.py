@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .registry import describe_model
+
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """Trainable and frozen parameters, and BN moving statistics (mean and variance).
@@ -87,7 +89,7 @@ def format_summary(model: nn.Module, name: str, input_shape: tuple[int, ...], de
     counts = count_parameters(model)
     macs = count_macs(model, input_shape)
     width = max([len(r.name) for r in rows] + [10])
-    lines = [f"Model: {name}   input {tuple(input_shape)}", ""]
+    lines = [f"Model: {name}: {describe_model(name) or type(model).__name__}   input {tuple(input_shape)}", ""]
     lines.append(f"{'layer':<{width}}  {'type':<18} {'output shape':<18} {'params':>12}")
     lines.append("-" * (width + 52))
     for row in rows:

@@ -103,16 +103,16 @@ def parameter_groups(
     backbone_lr: float,
     head_lr: float,
     weight_decay: float = 0.0,
-    decay_norm_and_bias: bool = False,
+    decay_norm_and_bias: bool = True,
     include_frozen: bool = False,
 ) -> list[dict]:
     """Optimizer parameter groups: backbone and head with their own learning rates.
 
     Only parameters that require grad are included, unless ``include_frozen`` (for a
     backbone unfrozen later in training: frozen parameters get no gradient, so optimizers
-    leave them alone until then). By default BN weights/biases and all
-    biases (every parameter with fewer than 2 dimensions) get no weight decay, as in most
-    modern recipes; ``decay_norm_and_bias=True`` decays everything, as in the ResNet paper.
+    leave them alone until then). By default every parameter is decayed, as in the ResNet
+    paper (``optim.decay_norm_and_bias``, the same default); ``decay_norm_and_bias=False``
+    exempts BN weights/biases and all biases (every parameter with fewer than 2 dimensions).
     Each group carries a ``name`` ("backbone", "backbone_no_decay", "head", "head_no_decay").
     """
     head_ids = {id(p) for _, m in model_parts(model)["head"] for p in m.parameters()}

@@ -91,11 +91,15 @@ class WideResNet(StagedModel):
         return self.relu(self.bn(x))
 
 
+MAX_WIDEN_FACTOR = 64
+
+
 def check_wide_depth(depth: int, widen_factor: int) -> None:
     if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
         raise ReslabError(f"invalid depth {depth} for a Wide ResNet: the depth must be 6n+4 (10, 16, 22, 28, 40, ...)")
-    if not isinstance(widen_factor, int) or widen_factor < 1:
-        raise ReslabError(f"the widening factor k of WRN-d-k must be a positive integer, got {widen_factor!r}")
+    if not isinstance(widen_factor, int) or not 1 <= widen_factor <= MAX_WIDEN_FACTOR:
+        raise ReslabError(f"the widening factor k of WRN-d-k must be an integer from 1 to {MAX_WIDEN_FACTOR} "
+                          f"(WRN-28-64 has 1.5 billion parameters), got {widen_factor!r}")
 
 
 def wide_resnet(
@@ -120,4 +124,5 @@ def _any_wide(match, num_classes: int = 10, in_channels: int = 3, dropout: float
     return wide_resnet(int(match.group(1)), int(match.group(2)), num_classes, in_channels, dropout)
 
 
-register_pattern(r"wrn(\d+)_(\d+)", _any_wide)
+register_pattern(r"wrn([0-9]+)_([0-9]+)", _any_wide,
+                 lambda match: f"Wide ResNet WRN-{match.group(1)}-{match.group(2)} (CIFAR, depth 6n+4)")

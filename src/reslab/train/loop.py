@@ -57,6 +57,8 @@ def train(config: RunConfig, resume: Path | None = None, progress: bool = True) 
     config.train.precision = resolve_precision(config.train.precision, device)
     if config.train.precision == "fp16" and device.type == "cpu":
         raise ReslabError("train.precision=fp16 needs a GPU; use bf16 (or auto) on the CPU")
+    if resume is None:
+        config.output.name = run_folder.elastic_run_name(config) or config.output.name
     resume = Path(resume) if resume is not None else run_folder.unfinished_twin(config)
     saved = None
     if resume is not None:
@@ -304,6 +306,9 @@ def finish(config: RunConfig, bundle: DataBundle, task: Task, model, meta: dict,
                            title=f"{config.model.name}: test confusion matrix")
     if bad_files:
         write_bad_files(run_dir / "bad_files.txt", bad_files)
+        logger.warning("%d bad image file(s) skipped, listed in %s; only the files the loaders reached were "
+                       "decoded (data.strict=true checks every file before training)", len(bad_files),
+                       run_dir / "bad_files.txt")
     atomic_write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
     return RunResult(run_dir, metrics, history)
 

@@ -81,4 +81,9 @@ def build_criterion(loss: str, multi_label: bool, label_smoothing: float = 0.0) 
         raise ReslabError(f"train.loss={loss} is for multi-label data (coco); use cross_entropy")
     if loss == "cross_entropy":
         return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    return nn.BCEWithLogitsLoss() if loss == "bce" else AsymmetricLoss()
+    if label_smoothing:
+        raise ReslabError(f"train.label_smoothing is for cross-entropy; train.loss={loss} (multi-label) does not "
+                          "use it: set it to 0")
+    # Means, not the ASL authors' sum: the global-batch rule needs a loss whose gradient does
+    # not depend on how a batch is split among processes (and BCE's scale for the same lr).
+    return nn.BCEWithLogitsLoss() if loss == "bce" else AsymmetricLoss(reduction="mean")

@@ -30,7 +30,7 @@ import yaml
 
 from .. import __version__
 from ..checkpoint import epoch_checkpoints, load_checkpoint, prune, save_checkpoint
-from ..config import RunConfig, apply_overrides, from_dict
+from ..config import RunConfig, apply_overrides, from_dict, safe_yaml
 from ..errors import ReslabError
 from ..runfs import atomic_write_json, atomic_write_text, new_run_dir
 
@@ -47,6 +47,8 @@ RUN_LOCATION = {"train.device", "train.threads", "train.eval_batch_size", "outpu
                 "output.dir", "output.name", "data.root", "data.download"}
 RUN_LENGTH = {"train.epochs", "train.max_iters"}
 RESUMABLE_CHANGES = RUN_LOCATION | RUN_LENGTH
+# Schedules planned over the whole run: a resumed run following one keeps its length.
+LENGTH_SCHEDULES = ("onecycle", "cosine")
 
 
 @dataclass
@@ -71,6 +73,17 @@ def create_run_folder(config: RunConfig, name: str, environment: dict, dataset: 
 
 def default_run_name(config: RunConfig) -> str:
     return config.output.name or f"{config.model.name}-{config.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def elastic_run_name(config: RunConfig) -> str | None:
+    """Under ``torchrun --max-restarts N`` every restart must find the run it restarts: with
+    no ``output.name``, name the run after torchrun's run id (TORCHELASTIC_RUN_ID, the same
+    for every restart of one job), so the unfinished run is continued instead of begun again."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    if config.output.name is not None or run_id in ("", "none"):
+        return None
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in run_id)[:64]
+    return f"{config.model.name}-{config.data.name}-{safe}"
 
 
 def unfinished_twin(config: RunConfig) -> Path | None:
@@ -104,6 +117,11 @@ def check_resumable(run_dir: Path, config: RunConfig) -> None:
                               f"to {wanted[key]!r} now: start a new run (or move that folder away)")
         raise ReslabError(f"{run_dir} was trained with {key}={saved[key]}, not {wanted[key]}; "
                           f"a resumed run may only change {', '.join(sorted(RESUMABLE_CHANGES))}")
+    longer = [key for key in changed if key in RUN_LENGTH]
+    if longer and not finished and config.schedule.name in LENGTH_SCHEDULES:
+        raise ReslabError(f"{run_dir} follows schedule.name={config.schedule.name}, whose rate is planned over the "
+                          f"run's length, so {longer[0]} cannot change on resume (the rate would jump); start a new "
+                          "run, or use schedule.name=multistep or constant to train longer")
     if changed and not finished:
         config.save(run_dir / "config.yaml")
 
@@ -135,7 +153,7 @@ def read_run_yaml(run_dir: Path) -> dict:
     if not path.is_file():
         raise ReslabError(f"{run_dir} is not a reslab run folder (no config.yaml)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_yaml(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
         raise ReslabError(f"{path} is not readable YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -207,12 +225,29 @@ def write_history(path: Path, history: list[dict]) -> None:
 
 
 def load_result(run_dir: Path) -> RunResult:
-    """A finished run's result, read back from its folder."""
-    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    """A finished run's result, read back from its folder (a damaged file is one error line)."""
+    path = Path(run_dir) / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReslabError(f"{path} is not readable JSON ({str(exc).splitlines()[0][:120]}); the run's "
+                          "checkpoints can be evaluated again with reslab evaluate") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("test"), dict):
+        raise ReslabError(f"{path} is not a reslab metrics file (no test figures)")
     history = []
     history_path = Path(run_dir) / "history.csv"
     if history_path.is_file():
-        with history_path.open() as handle:
-            history = [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
-                       for row in csv.DictReader(handle)]
+        try:
+            with history_path.open() as handle:
+                history = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
+            raise ReslabError(f"{history_path} is not a reslab history file ({str(exc)[:120]})") from None
+        if history and "epoch" not in history[0]:
+            raise ReslabError(f"{history_path} is not a reslab history file (no epoch column)")
     return RunResult(Path(run_dir), metrics, history)
+
+
+def _number(text) -> float | None:
+    if text in ("", None):
+        return None
+    return float(text)  # a ValueError names a damaged history

@@ -85,6 +85,7 @@ def build_run_model(config: RunConfig, bundle: DataBundle, device: torch.device,
         "num_classes": bundle.num_classes, "in_channels": bundle.in_channels, "classes": bundle.classes,
         "image_size": bundle.image_size, "mean": bundle.mean, "std": bundle.std,
         "dataset": config.data.name, "task": bundle.task, "threshold": config.train.threshold,
+        "preprocess": bundle.preprocess,
         "reslab_version": __version__, "config": config.to_dict(),
     }
     if config.model.grad_checkpointing:
@@ -99,14 +100,14 @@ def build_run_model(config: RunConfig, bundle: DataBundle, device: torch.device,
 
 def build_optimization(config: RunConfig, model: nn.Module, device: torch.device, steps_per_epoch: int):
     """(optimizer, scheduler, total steps). Rates are for the global batch; with
-    ``optim.lr_reference_batch`` the rate scales with it (the linear scaling rule, Goyal et al. 2017)."""
+    ``optim.lr_reference_batch`` both the head's and the backbone's scale with it (the
+    linear scaling rule, Goyal et al. 2017)."""
     optim_cfg = copy.deepcopy(config.optim)
-    if optim_cfg.lr_reference_batch:
-        optim_cfg.lr *= config.train.batch_size / optim_cfg.lr_reference_batch
-    head_lr = optim_cfg.lr
-    backbone_lr = optim_cfg.backbone_lr if optim_cfg.backbone_lr is not None else head_lr
-    groups = parameter_groups(model, backbone_lr, head_lr, optim_cfg.weight_decay, decay_norm_and_bias=True,
-                              include_frozen=True)
+    scale = config.train.batch_size / optim_cfg.lr_reference_batch if optim_cfg.lr_reference_batch else 1.0
+    optim_cfg.lr *= scale
+    backbone_lr = optim_cfg.backbone_lr * scale if optim_cfg.backbone_lr is not None else optim_cfg.lr
+    groups = parameter_groups(model, backbone_lr, optim_cfg.lr, optim_cfg.weight_decay,
+                              decay_norm_and_bias=optim_cfg.decay_norm_and_bias, include_frozen=True)
     optimizer = build_optimizer(groups, optim_cfg, fused=device.type == "cuda")
     total = total_steps(config, steps_per_epoch)
     return optimizer, build_scheduler(optimizer, config.schedule, steps_per_epoch, total), total

@@ -1,5 +1,6 @@
-"""Stopping a run cleanly: SIGTERM (preemption, SLURM's time limit) and Ctrl-C become a
-flag read at the next step, so the state is saved at a step boundary."""
+"""Stopping a run cleanly: SIGTERM (preemption, a time limit), SIGUSR1 (SLURM's warning
+before one, ``sbatch --signal=USR1@90``) and Ctrl-C become a flag read at the next step,
+so the state is saved at a step boundary."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 from ..errors import Interrupted
 
 
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
+
+
 class StopRequest:
     def __init__(self):
         self.signal_number: int | None = None
@@ -17,7 +21,7 @@ class StopRequest:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGTERM, signal.SIGINT):
+            for number in STOP_SIGNALS:
                 self.previous[number] = signal.signal(number, self._handle)
         return self
 
