@@ -29,8 +29,9 @@ FASHION = "/usr/share/datasets/fashion-mnist"
 
 def lines(data_root: str, out: Path, epochs: int, train_size: int) -> list[tuple[str, str, list[str]]]:
     """(family, net, reslab train arguments) for every line of the table."""
-    data = ["--data", "fashion-mnist", "--data-root", data_root, "data.download=false", "data.val_size=5000",
-            "--epochs", str(epochs), "--out", str(out), "--no-progress", "output.plots=false"]
+    # Options first, then every section.key=value together (argparse takes one run of them).
+    data = ["--data", "fashion-mnist", "--data-root", data_root, "--epochs", str(epochs), "--out", str(out),
+            "--no-progress", "data.download=false", "data.val_size=5000", "output.plots=false"]
     if train_size:
         data.append(f"data.train_size={train_size}")
     # The paper's schedule (lr / 10 at 32k and 48k of 64k iterations) shrunk to this length.

@@ -31,39 +31,27 @@ import json
 import math
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision.transforms as T
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from reslab import create_model
 from reslab.config import load
+from reslab.checkpoint import epoch_checkpoints
 from reslab.data.datasets import load_splits
 from reslab.evaluate.runner import evaluate_checkpoint
-from reslab.checkpoint import epoch_checkpoints
 from reslab.train.loop import train
 
+sys.path.insert(0, str(Path(__file__).parent))
+from train_speed import PilCifar  # noqa: E402  (one PIL image and one transform call per item, as the scripts)
+
 RESULTS = Path(__file__).parent / "results"
-
-
-class PilImages(Dataset):
-    """What torchvision.datasets.FashionMNIST does: one PIL image and one transform call per item."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, index):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
 
 
 def cpu_flags() -> dict:
@@ -93,7 +81,7 @@ def reference_run(splits, model_name: str, epochs: int, workers: int, seed: int)
     train_transform = T.Compose([T.RandomCrop(28, padding=2), T.RandomHorizontalFlip(), T.ToTensor(),
                                  T.Normalize((mean,), (std,))])
     train_images = splits.train.images[:, 0].numpy()
-    loader = DataLoader(PilImages(train_images, splits.train.labels.numpy(), train_transform), batch_size=128,
+    loader = DataLoader(PilCifar(train_images, splits.train.labels.numpy(), train_transform), batch_size=128,
                         shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0)
     test_images = (splits.test.images.float() / 255 - mean) / std
     model = create_model(model_name, num_classes=10, in_channels=1)

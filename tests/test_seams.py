@@ -167,17 +167,23 @@ def test_reevaluation_reproduces_the_recorded_figures_in_the_runs_precision(tmp_
 # ---------------------------------------------------------------- 11. the interrupt message
 
 
-def test_a_stop_at_an_epoch_boundary_names_the_epoch_it_finished(tmp_path, monkeypatch):
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGUSR1])  # SIGUSR1: SLURM's --signal=USR1@90
+def test_a_stop_at_an_epoch_boundary_names_the_epoch_it_finished(tmp_path, monkeypatch, number):
     real = loop.validate_epoch
 
     def stop_after_validation(*args, **kwargs):
         answer = real(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)  # arrives between the epoch's last step and the next
+        os.kill(os.getpid(), number)  # arrives between the epoch's last step and the next
         return answer
 
     monkeypatch.setattr(loop, "validate_epoch", stop_after_validation)
-    with pytest.raises(ReslabError, match=r"\(epoch 1\); its state is saved"):
+    with pytest.raises(ReslabError, match=rf"stopped by {signal.Signals(number).name} at step \d+ \(epoch 1\); its "
+                                          "state is saved"):
         train(quick_config(tmp_path, "train.epochs=3", "output.name=stopped"), progress=False)
+    monkeypatch.setattr(loop, "validate_epoch", real)
+    resumed = train(load_run_config(tmp_path / "runs" / "stopped"), resume=tmp_path / "runs" / "stopped",
+                    progress=False)
+    assert resumed.metrics["epochs"] == 3
 
 
 # ---------------------------------------------------------------- 12. elastic restarts
