@@ -213,10 +213,19 @@ def test_an_elastic_restart_continues_the_run_named_after_torchruns_run_id(tmp_p
 
 
 def test_training_leaves_matplotlibs_backend_alone(tmp_path):
+    import reslab
+
     before = matplotlib.get_backend()
-    train(quick_config(tmp_path, "train.epochs=1"), progress=False)
-    assert matplotlib.get_backend() == before
-    assert "matplotlib.pyplot" not in sys.modules or not sys.modules["matplotlib.pyplot"].get_fignums()
+    matplotlib.use("svg")  # a notebook's own choice (Agg is what reslab once forced)
+    try:
+        train(quick_config(tmp_path, "train.epochs=1"), progress=False)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    # Importing a module is not enough to switch a backend once it is cached: read the source too.
+    for path in Path(reslab.__file__).parent.rglob("*.py"):
+        text = path.read_text()
+        assert "matplotlib.use(" not in text and "import pyplot" not in text and "matplotlib.pyplot" not in text, path
 
 
 # ---------------------------------------------------------------- 5. prediction prepares images as evaluation
