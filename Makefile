@@ -1,21 +1,36 @@
-# Two commands do everything on a fresh machine with Python 3.10+:
-#   make demo   set up, then train ResNet-20 and Plain-20 on the embedded digits and compare them
-#   make test   set up, then run the test suite
+# Two commands do everything on a fresh machine with Python 3.11+:
+#   make demo   set up (reslab alone), then train ResNet-20 and Plain-20 on the embedded digits and compare them
+#   make test   set up (reslab with every extra and the test tools), then run the test suite
+# Both install the versions the suite was last run against (constraints.txt); `make constraints`
+# records the current ones.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser real-data demo test study bench time-to-accuracy clean
+.PHONY: setup setup-test browser real-data demo test study bench time-to-accuracy constraints clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
+
+$(VENV)/.installed: pyproject.toml constraints.txt $(VENV)/.created
+	$(PIP) -e .
+	touch $@
+
+setup-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: pyproject.toml constraints.txt $(VENV)/.installed
+	$(PIP) -e '.[test]'
+	touch $@
+
+constraints: setup-test
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^reslab' > constraints.txt
 
 demo: setup
 	$(BIN)/reslab demo
@@ -32,17 +47,17 @@ real-data:
 	@test -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
 
-test: setup browser real-data
+test: setup-test browser real-data
 	$(BIN)/python -m pytest -n 2 --durations=10
 
 study: setup
 	$(BIN)/reslab compare digits-depth
 
-bench: setup
+bench: setup-test
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/reslab bench --models resnet20,resnet56 --batch-sizes 1,128 --precisions fp32,bf16 --json runs/bench.json
 
-time-to-accuracy: setup real-data
+time-to-accuracy: setup-test real-data
 	$(BIN)/python benchmarks/time_to_accuracy.py --data-root $(FASHION_MNIST)
 
 clean:

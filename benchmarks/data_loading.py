@@ -1,4 +1,4 @@
-"""Images per second of the file pipeline: JPEG decoding (Pillow vs torchvision.io) and
+"""Images per second of the file pipeline: JPEG decoding (Pillow, torchvision.io, TorchCodec) and
 decode + RandomResizedCrop(224) + flip, in one process and through FileLoader with 0, 1
 and 2 worker processes.
 
@@ -25,6 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+# data.decoder: pil, torchvision (torchvision.io for every format), torchcodec; auto is torchcodec
+# where installed, else torchvision-jpeg (torchvision.io for JPEGs: the same figures on JPEGs).
+DECODERS = ("pil", "torchvision", "torchcodec")
 
 
 def photographs() -> list[np.ndarray]:
@@ -63,6 +67,14 @@ def write_jpegs(folder: Path, count: int, seed: int = 0) -> tuple[list[Path], st
     return paths, "scikit-image sample photographs" if sources else "synthetic images"
 
 
+def cpu_flags() -> list[str]:
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split()
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags if f.startswith(("avx", "amx")))
+
+
 def timed(run) -> float:
     started = time.perf_counter()
     run()
@@ -80,7 +92,7 @@ def decoder_rates(paths: list[Path], repeats: int) -> dict[str, dict[str, float]
     variants = {
         (decoder, step): (lambda d=decoder, c=(step == "crop"): [crop(decode(p, d)) if c else decode(p, d)
                                                                  for p in names])
-        for decoder in ("pil", "torchvision") for step in ("decode", "crop")
+        for decoder in DECODERS for step in ("decode", "crop")
     }
     times = {key: [] for key in variants}
     for _ in range(repeats):  # interleaved, so that a noisy machine slows every variant alike
@@ -104,7 +116,7 @@ def loader_rates(folder: Path, batch_size: int, repeats: int) -> dict[str, dict[
     mean, std = IMAGENET_STATS
     loaders = {(decoder, workers): FileLoader(images, batch_size, "cpu", mean, std, train=True, workers=workers,
                                               decoder=decoder, transform=train_transform(ImagePipeline(), mean))
-               for decoder in ("pil", "torchvision") for workers in (0, 1, 2)}
+               for decoder in DECODERS for workers in (0, 1, 2)}
 
     def epoch(loader, number):
         loader.set_epoch(number)
@@ -148,15 +160,15 @@ def main() -> None:
         loading = loader_rates(folder, args.batch_size, args.repeats)
         print("\nFileLoader: decode + RandomResizedCrop(224) + flip in the workers, normalization in the "
               f"training process (CPU), batch {args.batch_size}, one epoch per pass:\n")
-        print("| workers | pil (img/s) | torchvision (img/s) |")
-        print("|---:|---:|---:|")
+        print("| workers | " + " | ".join(f"{d} (img/s)" for d in DECODERS) + " |")
+        print("|---:|" + "---:|" * len(DECODERS))
         for workers in (0, 1, 2):
-            print(f"| {workers} | {loading['pil'][workers]:.0f} | {loading['torchvision'][workers]:.0f} |")
+            print(f"| {workers} | " + " | ".join(f"{loading[d][workers]:.0f}" for d in DECODERS) + " |")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     result = {"images": len(paths), "image_size": [375, 500], "source": kind, "repeats": args.repeats,
               "batch_size": args.batch_size, "decoding_images_per_second": decoding,
               "file_loader_images_per_second": loading, "torch": torch.__version__,
-              "platform": platform.platform(), "cpus": os.cpu_count()}
+              "platform": platform.platform(), "cpus": os.cpu_count(), "cpu_flags": cpu_flags()}
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten to {args.output}")
 

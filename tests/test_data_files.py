@@ -333,7 +333,7 @@ def test_coco_annotations_with_missing_keys_or_unknown_ids_are_skipped_and_repor
 # ---------------------------------------------------------------- decoding and bad files
 
 
-@pytest.mark.parametrize("decoder", ["torchvision", "pil"])
+@pytest.mark.parametrize("decoder", ["torchcodec", "torchvision", "pil"])
 def test_a_real_photograph_decodes_alike_with_either_decoder(tmp_path, decoder):
     path = tmp_path / "astronaut.jpg"
     Image.fromarray(PHOTOS["astronaut"]).save(path, quality=95)
@@ -342,7 +342,7 @@ def test_a_real_photograph_decodes_alike_with_either_decoder(tmp_path, decoder):
     assert np.abs(array.astype(int) - PHOTOS["astronaut"].astype(int)).mean() < 3  # JPEG's loss only
 
 
-@pytest.mark.parametrize("decoder", ["torchvision", "pil"])
+@pytest.mark.parametrize("decoder", ["torchcodec", "torchvision", "pil"])
 @pytest.mark.parametrize("mode,suffix", [("L", ".jpg"), ("CMYK", ".jpg"), ("RGBA", ".png"), ("P", ".png"),
                                          ("L", ".png"), ("RGB", ".bmp")])
 def test_other_colour_modes_come_out_rgb(tmp_path, decoder, mode, suffix):
@@ -354,7 +354,7 @@ def test_other_colour_modes_come_out_rgb(tmp_path, decoder, mode, suffix):
         assert torch.equal(tensor[0], tensor[1]) and torch.equal(tensor[1], tensor[2])
 
 
-@pytest.mark.parametrize("decoder", ["torchvision", "pil"])
+@pytest.mark.parametrize("decoder", ["torchcodec", "torchvision", "pil"])
 def test_a_16_bit_png_is_scaled_to_8_bits(tmp_path, decoder):
     ramp = np.linspace(0, 65535, 30 * 40).reshape(30, 40).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "deep.png")
@@ -363,7 +363,7 @@ def test_a_16_bit_png_is_scaled_to_8_bits(tmp_path, decoder):
     assert torch.equal(tensor[0], torch.from_numpy((ramp >> 8).astype(np.uint8)))
 
 
-@pytest.mark.parametrize("decoder", ["torchvision", "pil"])
+@pytest.mark.parametrize("decoder", ["torchcodec", "torchvision", "pil"])
 def test_broken_files_raise_bad_image(tmp_path, decoder):
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "text.png").write_text("this is a text file with an image extension\n")

@@ -223,7 +223,12 @@ def test_training_leaves_matplotlibs_backend_alone(tmp_path):
     finally:
         matplotlib.use(before)
     # Importing a module is not enough to switch a backend once it is cached: read the source too.
+    # The one exception: Optuna's matplotlib plots are pyplot figures, which the tuning report
+    # must close through pyplot (it never chooses a backend either).
     for path in Path(reslab.__file__).parent.rglob("*.py"):
+        if path.relative_to(Path(reslab.__file__).parent).as_posix() == "report/tune.py":
+            assert "matplotlib.use(" not in path.read_text()
+            continue
         text = path.read_text()
         assert "matplotlib.use(" not in text and "import pyplot" not in text and "matplotlib.pyplot" not in text, path
 
@@ -316,7 +321,7 @@ def test_an_image_declaring_a_huge_canvas_is_refused_before_it_is_decoded(tmp_pa
     with pytest.raises(BadImage, match="8000x8000 pixels is larger than the 50,000,000"):
         decode(str(tmp_path / "big.png"))
     (tmp_path / "bomb.png").write_bytes(bomb)
-    for decoder in ("pil", "torchvision"):
+    for decoder in ("pil", "torchvision", "torchcodec", "auto"):
         with pytest.raises(BadImage, match="larger than the 50,000,000 pixels accepted"):
             decode(str(tmp_path / "bomb.png"), decoder)
 

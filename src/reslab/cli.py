@@ -67,18 +67,73 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate.runner import evaluate_checkpoint
+    from .evaluate.runner import evaluate_checkpoint, write_reliability
     from .runfs import atomic_write_json, check_output_file
 
     if args.output:
         check_output_file(Path(args.output))
+    settings = _robustness_settings(args)  # bad flags fail before the evaluation
     metrics = evaluate_checkpoint(Path(args.checkpoint), data=args.data, data_root=args.data_root, split=args.split,
                                   device=args.device, model=args.model)
     _print_metrics(metrics)
+    figure = write_reliability(Path(args.checkpoint), metrics)
+    if figure is not None:
+        print(f"reliability diagram: {figure}")
+    if settings is not None:
+        from .evaluate.robustness import evaluate_robustness, robustness_table
+
+        robustness = evaluate_robustness(Path(args.checkpoint), settings, split=args.split, device=args.device,
+                                         data=args.data, data_root=args.data_root)
+        metrics["robustness"] = robustness
+        print()
+        print(robustness_table(robustness["result"], robustness["summary"]))
+        for path in robustness["files"]:
+            print(f"written: {path}")
     if args.output:
         atomic_write_json(Path(args.output), metrics)
         print(f"written: {args.output}")
     return 0
+
+
+def _robustness_settings(args):
+    """The corruption evaluation the evaluate flags ask for, or None without --corruptions."""
+    if args.corruptions is None:
+        given = [flag for flag, value in (("--severities", args.severities), ("--baseline", args.baseline),
+                                          ("--corruption-images", args.corruption_images)) if value is not None]
+        if given:
+            raise ReslabError(f"{given[0]} goes with --corruptions (all, or names such as gaussian_noise,fog)")
+        return None
+    from .evaluate.robustness import RobustnessSettings
+
+    if args.baseline is not None and not Path(args.baseline).exists():
+        raise ReslabError(f"--baseline {args.baseline} does not exist; give a run folder or checkpoint")
+    return RobustnessSettings.from_dict({"corruptions": args.corruptions, "severities": args.severities or "1-5",
+                                         "images": args.corruption_images, "seed": args.corruption_seed,
+                                         "baseline": args.baseline})
+
+
+def cmd_calibrate(args) -> int:
+    from .evaluate.calibrate import calibrate_run, calibration_table
+
+    record = calibrate_run(Path(args.run), device=args.device, data_root=args.data_root)
+    print(calibration_table(record))
+    print(f"\nwritten: calibration.json and {record['figure']} in the run folder; reslab predict and serve now divide "
+          f"{record['checkpoint']}'s logits by T = {record['temperature']:.4f}")
+    return 0
+
+
+def _study_robustness(args, study, run_dirs) -> None:
+    """compare --robustness (or a study with a robustness: section): each run's corruption
+    errors and calibration, kept in its folder, for the report's robustness section."""
+    if not (args.robustness or study.robustness is not None):
+        return
+    from .evaluate.robustness import RobustnessSettings, study_robustness
+
+    settings = RobustnessSettings.from_dict(study.robustness)
+    print(f"\nrobustness: {len(settings.corruptions)} corruptions x {len(settings.severities)} severities on "
+          f"{settings.images or 'all the'} test images of each of {len(run_dirs)} runs"
+          + (f", mCE against {settings.baseline}" if settings.baseline else ""))
+    study_robustness(run_dirs, settings, device=args.device or "auto")
 
 
 def cmd_demo(args) -> int:
@@ -133,12 +188,96 @@ def cmd_compare(args) -> int:
     study = study_from_command(args.items, models=args.models, seeds=args.seeds, datasets=args.datasets,
                                recipe=args.recipe, out=args.out, epochs=args.epochs, device=args.device,
                                data_root=args.data_root)
+    options = _launcher(args, study.launcher)
+    if options is not None:
+        return _compare_as_jobs(args, study, options)
+    _refuse_while_jobs_run(study.out / "jobs", "reslab compare ... --launcher {local,slurm} --status")
     result = run_study(study, progress=not args.no_progress)
     print(f"\nstudy {study.name}: {len(result.runs)} runs ({result.trained} trained now) in {result.seconds:.0f} s; "
           f"run folders in {study.out}")
+    _study_robustness(args, study, result.run_dirs)
     if not args.no_report:
         print()
         print(report_text(build_report(result.run_dirs, study.out / "report", title=f"Study {study.name}")))
+    return 0
+
+
+def _launcher(args, from_file: dict):
+    """The launcher the flags and the study or space file ask for; None: in this process."""
+    from .experiments.launch import launch_options
+
+    return launch_options(from_file, name=args.launcher, partition=args.partition, gpus=args.gpus, time=args.time,
+                          cpus=args.cpus, mem_gb=args.mem_gb, jobs=args.jobs, sbatch=args.sbatch, setup=args.setup)
+
+
+def _refuse_while_jobs_run(folder: Path, see: str) -> None:
+    if (folder / "jobs.json").is_file():
+        from .experiments.launch import active_jobs
+
+        busy = active_jobs(folder)
+        if busy:
+            raise ReslabError(f"{len(busy)} job(s) of this folder are still pending or running ({', '.join(busy[:3])}"
+                              f"{', ...' if len(busy) > 3 else ''}); training here too would share their run "
+                              f"folders: see them with {see}")
+
+
+def _compare_as_jobs(args, study, options) -> int:
+    from .experiments.launch import format_statuses, launch_study
+    from .report.report import build_report, report_text
+
+    runs, launched = launch_study(study, options, status_only=args.status, retry=args.retry, wait=args.wait)
+    print(format_statuses(launched.statuses))
+    if not launched.done:
+        failed = launched.count("failed")
+        print(f"\nstudy {study.name}: {launched.count('done')} of {len(runs)} runs finished; run the same command "
+              "again to see the jobs, and to gather the report once every run is done"
+              + ("; without --status to submit those not submitted" if args.status and launched.count("new") else ""))
+        if failed and (args.wait or args.status):
+            raise ReslabError(f"{failed} job(s) failed (their log tails are above); run again with --retry to "
+                              "resubmit them: they resume from their checkpoints")
+        return 0
+    print(f"\nstudy {study.name}: {len(runs)} runs finished; run folders in {study.out}")
+    _study_robustness(args, study, [run.run_dir for run in runs])
+    if not args.no_report:
+        print()
+        print(report_text(build_report([run.run_dir for run in runs], study.out / "report",
+                                       title=f"Study {study.name}")))
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .experiments.launch import format_statuses
+    from .experiments.tune import launch_tune, run_worker, summarize, tune_settings, write_outputs
+    from .report.tune import build_tune_report, tune_text
+
+    settings = tune_settings(args.items, recipe=args.recipe, trials=args.trials, out=args.out, storage=args.storage,
+                             metric=args.metric, pruner=args.pruner, epochs=args.epochs, seed=args.seed,
+                             heartbeat=args.heartbeat, study_name=args.study_name)
+    options = _launcher(args, settings.launcher)
+    if options is None:  # this process is one worker (others, and worker jobs, may share the study)
+        worker = run_worker(settings, progress=not args.no_progress)
+        if args.no_report:
+            print(f"worker finished: trials {', '.join(map(str, worker.ran)) or 'none'} in {worker.seconds:.0f} s; "
+                  f"the study has {worker.finished} of {settings.trials} finished")
+            return 0
+    else:
+        launched, finished = launch_tune(settings, options, status_only=args.status, retry=args.retry,
+                                         wait=args.wait)
+        print(format_statuses(launched.statuses))
+        if not finished:
+            print(f"\nstudy {settings.name}: not finished yet; run the same command again to see the workers, and "
+                  "to write the best recipe and the report once the study is done"
+                  + ("; without --status to submit workers" if args.status and launched.count("new") else ""))
+            failed = launched.count("failed")
+            if failed and (args.wait or args.status):
+                raise ReslabError(f"{failed} worker job(s) failed (their log tails are above); run again with "
+                                  "--retry to resubmit them: their trials resume from their checkpoints")
+            return 0
+        print()
+    summary = summarize(settings)
+    written = write_outputs(summary)
+    report = None if args.no_report else build_tune_report(summary, settings.out / "report")
+    print(tune_text(summary, written.get("best"), report))
     return 0
 
 
@@ -194,6 +333,28 @@ def cmd_serve(args) -> int:
                  max_upload_mb=args.max_upload_mb, device=args.device)
 
 
+def _add_launcher_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """Cluster jobs through submitit (experiments/launch.py); the study or space file's
+    launcher: section gives the same settings, the flags win."""
+    group = parser.add_argument_group(f"cluster jobs ({what})")
+    group.add_argument("--launcher", choices=("none", "local", "slurm"),
+                       help="slurm: sbatch jobs; local: the same jobs as local processes; none: in this process")
+    group.add_argument("--jobs", type=int, metavar="N")
+    group.add_argument("--partition", help="sbatch --partition")
+    group.add_argument("--gpus", type=int, metavar="G", help="GPUs per job; above 1 the job runs under torchrun")
+    group.add_argument("--time", metavar="LIMIT", help="each job's time limit: minutes or [D-]HH:MM:SS (default "
+                       "24:00:00); 90 s before it the job saves its state and requeues")
+    group.add_argument("--cpus", type=int, metavar="C", help="sbatch --cpus-per-task")
+    group.add_argument("--mem-gb", type=float, metavar="GB", help="sbatch --mem")
+    group.add_argument("--sbatch", action="append", metavar="KEY=VALUE",
+                       help="any other sbatch option, e.g. --sbatch account=proj --sbatch qos=high (repeatable)")
+    group.add_argument("--setup", action="append", metavar="COMMAND",
+                       help="a shell line run before each job, e.g. 'module load cuda' (repeatable)")
+    group.add_argument("--wait", action="store_true", help="wait until every job has ended")
+    group.add_argument("--status", action="store_true", help="only show the jobs' states; submit nothing")
+    group.add_argument("--retry", action="store_true", help="resubmit failed jobs (they resume from checkpoints)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reslab", description="Deep residual networks for image recognition.")
     parser.add_argument("--version", action="version", version=f"reslab {__version__}")
@@ -212,7 +373,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", help="refuse the checkpoint unless it is of this model")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--output", help="also write the metrics to this JSON file")
+    corruption = evaluate.add_argument_group("common corruptions (Hendrycks & Dietterich 2019)")
+    corruption.add_argument("--corruptions", metavar="all|NAMES",
+                            help="also measure the error under these corruptions: all, a category (noise, blur, "
+                                 "weather, digital) or comma-separated names")
+    corruption.add_argument("--severities", metavar="1-5", help="severities, e.g. 1-5 or 1,3,5 (default 1-5)")
+    corruption.add_argument("--baseline", metavar="RUN", help="a run folder or checkpoint to normalise mCE by "
+                            "(evaluated with the same settings)")
+    corruption.add_argument("--corruption-images", type=int, metavar="N",
+                            help="a fixed random subset of N images of the split, for speed (default: all)")
+    corruption.add_argument("--corruption-seed", type=int, default=0, help="seed of the corruptions (default 0)")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="temperature scaling on the validation split; predict and serve then use it",
+        description="Fits one temperature T on the run's validation split (Guo et al. 2017), reports ECE, MCE, NLL "
+                    "and Brier before and after on the validation and test splits, and writes calibration.json "
+                    "and calibration.png into the run folder (best.pt is not rewritten).")
+    calibrate.add_argument("run", help="a run folder (its best checkpoint) or a checkpoint in its checkpoints/")
+    calibrate.add_argument("--data-root", help="where the dataset is (default: as in training)")
+    calibrate.add_argument("--device", default="auto")
+    calibrate.set_defaults(func=cmd_calibrate)
 
     demo = commands.add_parser("demo", help="the main job: ResNet-20 vs Plain-20 on the embedded digits")
     demo.add_argument("--out", default="runs", help="parent folder of the demo's run folder")
@@ -250,8 +431,40 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--device", help="sets train.device")
     compare.add_argument("--data-root", help="sets data.root")
     compare.add_argument("--no-report", action="store_true", help="train only")
+    compare.add_argument("--robustness", action="store_true",
+                         help="then measure each run's corruption errors (mCE) and calibration (ECE) and report them; "
+                              "settings from the study's robustness: section (default: all 15 corruptions x 5 "
+                              "severities on every test image)")
     compare.add_argument("--no-progress", action="store_true", help="no per-run progress bar")
+    _add_launcher_flags(compare, "each run is one job; --jobs: at most this many at once")
     compare.set_defaults(func=cmd_compare)
+
+    tune = commands.add_parser(
+        "tune", help="hyper-parameter search on Optuna (TPE, median/Hyperband pruning), resumable and shareable",
+        description="reslab tune SPACE.yaml [section.key=value ...]: a search space next to a base recipe "
+                    "(shipped: digits). The study is kept in <out>/study.db or --storage; run the same command "
+                    "again after a stop, or several at once, to continue or share it. Writes <out>/best.yaml "
+                    "(reslab train --config), trials.csv and a report.")
+    tune.add_argument("items", nargs="+", metavar="SPACE.yaml | section.key=value",
+                      help="a space file or shipped space, and overrides for every trial")
+    tune.add_argument("--recipe", help="the base recipe (default: the space file's recipe:)")
+    tune.add_argument("--trials", type=int, help="the study's budget of finished trials (default: the file's, or 20)")
+    tune.add_argument("--out", help="the tuning folder (default runs/tune-<space name>)")
+    tune.add_argument("--storage", metavar="URL", help="an Optuna storage: sqlite:///path.db (default "
+                      "<out>/study.db) or postgresql://user@host/db for many workers")
+    tune.add_argument("--study-name", help="the study's name in the storage (default: the space's name)")
+    tune.add_argument("--metric", help="a history column to optimise (default val_accuracy; loss and error are "
+                      "minimised)")
+    tune.add_argument("--pruner", choices=("median", "hyperband", "none"), help="(default: the file's, or median)")
+    tune.add_argument("--epochs", type=int, help="sets train.epochs for every trial (and train.max_iters=null)")
+    tune.add_argument("--seed", type=int, help="the sampler's seed (default: random)")
+    tune.add_argument("--heartbeat", type=int, metavar="SECONDS",
+                      help="a running trial's heartbeat; one silent for 3 beats is taken as dead and queued again "
+                           "(default 30)")
+    tune.add_argument("--no-report", action="store_true", help="only run trials (what a worker job does)")
+    tune.add_argument("--no-progress", action="store_true", help="no per-trial progress bar")
+    _add_launcher_flags(tune, "each job is one worker; --jobs: how many workers (default 1)")
+    tune.set_defaults(func=cmd_tune)
 
     report = commands.add_parser("report", help="Markdown/HTML report, CSV/JSON and figures from run folders")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, a study folder or a demo folder")
@@ -275,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     predict = commands.add_parser("predict", help="classify image files with a trained model (top-k, Grad-CAM)")
-    predict.add_argument("checkpoint", help="a run folder (uses its best checkpoint) or a .pt file")
+    predict.add_argument("checkpoint", help="a run folder (uses its best checkpoint), a .pt file, a hub folder "
+                         "(timm's layout: config.json + model.safetensors) or hf-hub:org/name")
     predict.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
     predict.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
     predict.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -288,10 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
     predict.set_defaults(func=cmd_predict)
 
-    export = commands.add_parser("export", help="export to ONNX, TorchScript or safetensors, with a parity check")
+    export = commands.add_parser("export", help="export to ONNX, TorchScript, safetensors or a hub folder (timm's "
+                                 "layout), with a parity check")
     export.add_argument("checkpoint", help="a run folder (uses its best checkpoint) or a .pt file")
-    export.add_argument("--format", choices=("onnx", "torchscript", "safetensors"), required=True)
-    export.add_argument("--output", help="file to write (default: the run's name with .onnx, .pt or .safetensors, here)")
+    export.add_argument("--format", choices=("onnx", "torchscript", "safetensors", "hub"), required=True)
+    export.add_argument("--output", help="file to write, or folder for hub (default: the run's name with .onnx, .pt, "
+                        ".safetensors or -hub, here)")
     export.set_defaults(func=cmd_export)
 
     serve = commands.add_parser("serve", help="a local web page: upload an image, see predictions and Grad-CAM")

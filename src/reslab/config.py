@@ -35,7 +35,7 @@ class ModelConfig:
     name: str = "resnet20"
     shortcut: Literal["A", "B"] = "A"  # CIFAR nets: "A" zero-padded identity (paper's CIFAR choice), "B" projection
     stride_in: Literal["3x3", "1x1"] = "3x3"  # ImageNet bottlenecks: "3x3" (v1.5, torchvision's) or "1x1" (the paper's)
-    pretrained: str | None = None  # a weights file or a torchvision weights name (IMAGENET1K_V2)
+    pretrained: str | None = None  # a weights/Keras file, a hub folder, hf-hub:org/name, or a torchvision name
     freeze: str = "none"  # "none" fine-tunes all, "backbone" trains the head only, or K: the last K stages
     unfreeze_epoch: int | None = None  # from this epoch (1-based) on, everything trains (freeze, then fine-tune)
     grad_checkpointing: bool = False  # recompute activations per block (very deep nets)
@@ -62,7 +62,9 @@ class DataConfig:
     keep_unannotated: bool = False  # COCO: keep images with no annotation (all-negative targets)
     strict: bool = False  # decode every file before training and refuse the dataset at the first bad one
     workers: int | None = None  # loader processes per loader; None: from the CPUs available
-    decoder: Literal["auto", "torchvision", "pil"] = "auto"  # auto: torchvision (measured faster here)
+    # auto: TorchCodec where installed, else torchvision.io; Pillow for what they cannot read (data/decode.py)
+    decoder: Literal["auto", "torchcodec", "torchvision", "pil"] = "auto"
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"  # file datasets: the resize filter (timm: bicubic)
 
 
 @dataclass
@@ -96,6 +98,7 @@ class OptimConfig:
     # Linear scaling rule (Goyal et al. 2017): if set, the rate used is lr * batch_size / this.
     # None uses lr as given; either way the rate is for the global batch, whatever the process count.
     lr_reference_batch: int | None = None
+    clip_grad_norm: float | None = None  # clip the global gradient norm to this before each update (None: off)
 
 
 @dataclass
@@ -128,6 +131,10 @@ class TrainConfig:
     precision: Precision = "fp32"  # bf16 (autocast), fp16 (autocast + GradScaler, GPU), auto
     channels_last: bool = True  # NHWC: measured 1.3x faster here in fp32 and faster in bf16; cuDNN prefers it too
     compile: bool = False  # torch.compile the model
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # Split each batch into this many micro-batches, one forward/backward each, one update:
+    # the same global batch, schedule and data order in less activation memory.
+    accumulate: int = 1
     threads: int | None = None  # CPU intra-op threads; None leaves PyTorch's default
     sync_bn: bool = False  # batch-norm statistics over the global batch of all processes
     # Keep an exponential moving average of the weights (decay, e.g. 0.999; it warms up as
@@ -143,6 +150,12 @@ class OutputConfig:
     name: str | None = None  # the run folder's name; default model-dataset-time
     plots: bool = True
     keep_last: int = 1  # epoch checkpoints kept besides best.pt
+    # Experiment tracking besides history.csv: tensorboard (event files in the run folder, so
+    # `tensorboard --logdir runs` shows every run), wandb or mlflow; rank 0 only.
+    logger: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
+    log_every: int = 20  # steps between logged training figures (loss, rate, images/s)
+    project: str = "reslab"  # wandb project / mlflow experiment
+    tracking_uri: str | None = None  # mlflow: a tracking server or store (None: output.dir/mlflow.db)
 
 
 @dataclass
@@ -421,6 +434,12 @@ def validate(config: RunConfig) -> RunConfig:
         ("schedule.milestones", list(config.schedule.milestones) == sorted(config.schedule.milestones),
          "must be increasing"),
         ("output.keep_last", config.output.keep_last >= 1, "must be at least 1"),
+        ("output.log_every", config.output.log_every >= 1, "must be at least 1"),
+        ("train.accumulate", config.train.accumulate >= 1, "must be at least 1"),
+        ("train.accumulate", config.train.batch_size % max(config.train.accumulate, 1) == 0,
+         f"must divide train.batch_size ({config.train.batch_size})"),
+        ("optim.clip_grad_norm", config.optim.clip_grad_norm is None or config.optim.clip_grad_norm > 0,
+         "must be positive"),
     ]
     for name, ok, message in checks:
         if not ok:
@@ -436,6 +455,8 @@ def validate(config: RunConfig) -> RunConfig:
         raise ReslabError(f"data.channels=1: {config.data.name} images are read as RGB; leave data.channels empty or 3")
     if config.train.precision == "fp16" and config.train.device == "cpu":
         raise ReslabError("config key 'train.precision' fp16 needs a GPU; use bf16 on the CPU")
+    if config.train.compile_mode != "default" and not config.train.compile:
+        raise ReslabError(f"train.compile_mode={config.train.compile_mode} applies only with train.compile=true")
     name = config.output.name
     if name is not None and ("/" in name or "\0" in name or name in ("", ".", "..") or len(name.encode()) > 200):
         raise ReslabError(f"config key 'output.name' must be a plain folder name of at most 200 bytes, "

@@ -139,7 +139,10 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-def check_batch(batch_size: int, env: DistEnv) -> None:
+def check_batch(batch_size: int, env: DistEnv, accumulate: int = 1) -> None:
     if batch_size % env.world_size:
         raise ReslabError(f"train.batch_size {batch_size} (the global batch) must divide evenly among "
                           f"{env.world_size} processes")
+    if (batch_size // env.world_size) % accumulate:
+        raise ReslabError(f"train.accumulate={accumulate} must divide each process's share of train.batch_size "
+                          f"({batch_size // env.world_size} of {batch_size} over {env.world_size} processes)")

@@ -80,7 +80,7 @@ def load_annotations(path: Path, problems: list[BadFile]):
     try:
         from pycocotools.coco import COCO
     except ImportError:
-        raise ReslabError("reading COCO needs pycocotools: pip install pycocotools") from None
+        raise ReslabError("reading COCO needs pycocotools: pip install 'reslab[coco]'") from None
     try:
         with path.open("rb") as handle:
             data = json.load(handle)

@@ -1,28 +1,55 @@
 """Image files (or uploaded bytes) to uint8 tensors, the same way for training, evaluation,
 prediction and the web page, so a model always sees the same pixels for the same file.
 
-- Pillow is the default decoder (``data.decoder=auto``): it survives any file, raising an
-  error reslab turns into a skipped, listed file. torchvision.io's decoder (opt-in,
-  ``data.decoder=torchvision``) was faster here (1,220 against 942 JPEGs/s), but it
-  segfaults on some malformed PNGs (an IDAT stream shorter than its header says), which
-  kills a loader worker and with it the run: it is for data you trust.
+- ``data.decoder=auto`` (the default) decodes with TorchCodec where it is installed
+  (``pip install 'reslab[torchcodec]'``; JPEG, PNG, WebP, GIF), otherwise JPEGs with
+  torchvision.io, and everything else, and whatever they cannot read, with Pillow. The
+  names ``torchcodec``, ``torchvision`` and ``pil`` force one (Pillow still reads the
+  formats the first two lack: BMP, TIFF, PPM). Speeds: benchmarks/data_loading.py.
+- torchvision.io decodes only JPEGs under ``auto``: its PNG decoder crashes the process
+  (a segfault, which kills a loader worker and the run) on a PNG whose data is shorter
+  than its header promises; TorchCodec and Pillow report such a file as damaged.
 - No image over ``MAX_PIXELS`` is decoded, whichever decoder: a 249 KB PNG can declare a
   16000x16000 canvas (768 MB of pixels). The size is read from the header first.
-- EXIF orientation is applied everywhere (a phone photo is used as it is displayed).
+- One EXIF policy: the orientation tag is applied whichever decoder ran (a phone photo is
+  used as it is displayed): TorchCodec does it by itself, torchvision.io and Pillow are asked
+  to; tests/test_conventions.py holds the three to the same pixels for all eight tags.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 
 import numpy as np
 import torch
 
 from ..config import CHOICES
+from ..errors import ReslabError
 
 DECODERS = tuple(name for name in CHOICES["data.decoder"] if name != "auto")
-DEFAULT_DECODER = "pil"
 MAX_PIXELS = 50_000_000
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def resolve_decoder(name: str = "auto", strict: bool = True) -> str:
+    """``auto`` -> ``torchcodec`` where it is installed, else ``torchvision-jpeg`` (torchvision.io
+    for JPEGs, Pillow for the rest: see above); other names as they are. ``torchcodec`` where it
+    is missing is an error when ``strict`` (a config asked for it), else ``auto``'s choice (a
+    checkpoint trained elsewhere)."""
+    has_torchcodec = importlib.util.find_spec("torchcodec") is not None
+    if name == "torchcodec" and not has_torchcodec:
+        if strict:
+            raise ReslabError("data.decoder=torchcodec needs TorchCodec: pip install 'reslab[torchcodec]' "
+                              "(or data.decoder=auto)")
+        name = "auto"
+    if name != "auto":
+        return name
+    return "torchcodec" if has_torchcodec else "torchvision-jpeg"
+
+
+DEFAULT_DECODER = "auto"
+KNOWN_DECODERS = ("auto", *DECODERS, "torchvision-jpeg")  # the last: what auto means without TorchCodec
 
 
 class BadImage(Exception):
@@ -33,19 +60,47 @@ def decode(source: str | bytes, decoder: str = DEFAULT_DECODER, channels: int = 
     """The image in a file path or in ``bytes`` as uint8 (channels, H, W): RGB for 3 channels,
     grey for 1. Palette, CMYK and RGBA images come out as RGB (alpha dropped), 16-bit ones as
     8-bit. ``BadImage`` if it is no image, a damaged one or too large."""
-    if decoder == "torchvision" and channels == 3:
-        _check_size(source)  # before torchvision allocates the canvas
-        from torchvision.io import ImageReadMode, decode_image
+    decoder = resolve_decoder(decoder, strict=False)
+    # Grey images: Pillow's luma rounding, the one prediction on grey checkpoints always used.
+    if decoder == "pil" or channels == 1 or (decoder == "torchvision-jpeg" and not _is_jpeg(source)):
+        return _decode_pil(source, channels)
+    _check_size(source)  # refuses huge canvases before a decoder allocates them
+    try:
+        if decoder == "torchcodec":
+            image = _decode_torchcodec(source, channels)
+        else:
+            image = _decode_torchvision(source, channels)
+    except (RuntimeError, ValueError, OSError):
+        return _decode_pil(source, channels)  # formats it lacks (BMP, TIFF, PPM); Pillow names the problem
+    if image.dtype != torch.uint8:  # 16-bit PNGs
+        image = (image.to(torch.int32) >> 8).to(torch.uint8)
+    return image
 
-        try:
-            data = source if isinstance(source, str) else torch.frombuffer(bytearray(source), dtype=torch.uint8)
-            image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-        except (RuntimeError, ValueError, OSError):
-            return _decode_pil(source, channels)  # the formats it lacks (BMP, TIFF, PPM); Pillow names problems
-        if image.dtype != torch.uint8:  # 16-bit PNGs
-            image = (image.to(torch.int32) >> 8).to(torch.uint8)
-        return image
-    return _decode_pil(source, channels)
+
+def _is_jpeg(source: str | bytes) -> bool:
+    if isinstance(source, bytes):
+        return source[:3] == JPEG_MAGIC
+    try:
+        with open(source, "rb") as file:
+            return file.read(3) == JPEG_MAGIC
+    except OSError:
+        return False  # Pillow will say why
+
+
+def _decode_torchcodec(source: str | bytes, channels: int) -> torch.Tensor:
+    from torchcodec.decoders import decode_image
+
+    # EXIF orientation applied; 16-bit PNGs come as uint16, scaled below as the others scale them
+    image = decode_image(source, mode="RGB" if channels == 3 else "GRAY", output_dtype="auto")
+    return image[0] if image.dim() == 4 else image  # an animated GIF or WebP: its first frame
+
+
+def _decode_torchvision(source: str | bytes, channels: int) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image
+
+    data = source if isinstance(source, str) else torch.frombuffer(bytearray(source), dtype=torch.uint8)
+    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+    return decode_image(data, mode=mode, apply_exif_orientation=True)
 
 
 def _open(source: str | bytes):

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..errors import ReslabError
 from .loader import batch_count, global_batches, rank_slice
-from .decode import DECODERS, DEFAULT_DECODER, BadImage, decode
+from .decode import DECODERS, DEFAULT_DECODER, KNOWN_DECODERS, BadImage, decode
 from .normalization import Normalizer
 from .seeding import epoch_generator, sample_seed, seeded
 
@@ -309,7 +309,7 @@ class FileLoader:
         persistent_workers: bool = True,
         prefetch_factor: int = 2,
     ):
-        if decoder not in DECODERS:
+        if decoder not in KNOWN_DECODERS:
             raise ReslabError(f"unknown image decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
         self.images = images
         self.batch_size = batch_size

@@ -16,7 +16,8 @@ import torch
 
 from ..config import IN_MEMORY_DATASETS, AugmentConfig, DataConfig, RunConfig, validate
 from ..errors import ReslabError
-from .files import DEFAULT_DECODER, BadFile, FileLoader, FileSplits, default_workers, verify_files
+from .decode import resolve_decoder
+from .files import BadFile, FileLoader, FileSplits, default_workers, verify_files
 from .loader import BatchAugment, DeviceLoader
 from .normalization import normalization_stats
 from .transforms import BatchMix, ImagePipeline, MixingLoader, eval_transform, train_transform
@@ -175,7 +176,7 @@ def read_file_splits(data: DataConfig) -> FileSplits:
 def _from_files(data: DataConfig, augment: AugmentConfig, device, batch_size, eval_batch_size, seed, shard,
                 mean_std) -> DataBundle:
     splits = read_file_splits(data)
-    decoder = DEFAULT_DECODER if data.decoder == "auto" else data.decoder
+    decoder = resolve_decoder(data.decoder)
     workers = default_workers() if data.workers is None else data.workers
     if data.strict:
         refuse_bad_files(splits, decoder, workers)
@@ -188,6 +189,7 @@ def _from_files(data: DataConfig, augment: AugmentConfig, device, batch_size, ev
         color_jitter=augment.color_jitter,
         auto_augment=augment.auto_augment,
         random_erasing=augment.random_erasing,
+        interpolation=data.interpolation,
     )
     mean, std = mean_std or normalization_stats(data.normalization, 3)
     common = dict(image_size=pipeline.image_size, seed=seed, workers=workers, decoder=decoder, **shard)
@@ -208,18 +210,19 @@ def _from_files(data: DataConfig, augment: AugmentConfig, device, batch_size, ev
         "bad_files_at_listing": len(splits.problems), **splits.details,
     }
     preprocess = preprocessing(pipeline.image_size, pipeline.eval_resize if pipeline.center_crop else None,
-                               pipeline.center_crop, mean, std, 3)
+                               pipeline.center_crop, mean, std, 3, pipeline.interpolation, decoder)
     return DataBundle(train, val, test, splits.classes, splits.task, 3, [pipeline.image_size] * 2, list(mean),
                       list(std), description, problems=list(splits.problems), preprocess=preprocess)
 
 
-def preprocessing(image_size: int, resize_size: int | None, center_crop: bool, mean, std, channels: int) -> dict:
-    """The evaluation transform as data: decode with Pillow (EXIF orientation applied), then
-    resize the shorter side to ``resize_size`` and centre-crop ``image_size`` square, or
-    squash the whole image to ``image_size`` square; then normalize with mean and std."""
+def preprocessing(image_size: int, resize_size: int | None, center_crop: bool, mean, std, channels: int,
+                  interpolation: str = "bilinear", decoder: str = "pil") -> dict:
+    """The evaluation transform as data: decode (EXIF orientation applied), then resize the
+    shorter side to ``resize_size`` with ``interpolation`` and centre-crop ``image_size``
+    square, or squash the whole image to ``image_size`` square; then normalize."""
     return {"image_size": image_size, "resize_size": resize_size, "center_crop": center_crop,
-            "interpolation": "bilinear", "antialias": True, "mean": list(mean), "std": list(std),
-            "channels": channels, "decoder": "pil", "exif": "transpose"}
+            "interpolation": interpolation, "antialias": True, "mean": list(mean), "std": list(std),
+            "channels": channels, "decoder": decoder, "exif": "transpose"}
 
 
 def refuse_bad_files(splits: FileSplits, decoder: str, workers: int) -> None:

@@ -35,6 +35,7 @@ class ImagePipeline:
     color_jitter: float = 0.0  # brightness, contrast and saturation jitter strength
     auto_augment: str = "none"  # none, trivial (TrivialAugmentWide), rand (RandAugment), auto (AutoAugment)
     random_erasing: float = 0.0  # probability of erasing a rectangle (filled with the mean colour)
+    interpolation: str = "bilinear"  # the resize filter: bilinear (torchvision's recipes) or bicubic (timm's)
 
     def __post_init__(self):
         if self.auto_augment not in AUTO_AUGMENTS:
@@ -59,7 +60,7 @@ def train_transform(pipeline: ImagePipeline, mean: list[float]):
     steps = []
     if pipeline.random_resized_crop > 0:
         steps.append(v2.RandomResizedCrop(pipeline.image_size, scale=(pipeline.random_resized_crop, 1.0),
-                                          antialias=True))
+                                          interpolation=_mode(pipeline), antialias=True))
     else:
         steps.extend(_resize(pipeline))
     if pipeline.hflip:
@@ -84,8 +85,15 @@ def _resize(pipeline: ImagePipeline) -> list:
     from torchvision.transforms import v2
 
     if pipeline.center_crop:
-        return [v2.Resize(pipeline.eval_resize, antialias=True), v2.CenterCrop(pipeline.image_size)]
-    return [v2.Resize((pipeline.image_size, pipeline.image_size), antialias=True)]
+        return [v2.Resize(pipeline.eval_resize, interpolation=_mode(pipeline), antialias=True),
+                v2.CenterCrop(pipeline.image_size)]
+    return [v2.Resize((pipeline.image_size, pipeline.image_size), interpolation=_mode(pipeline), antialias=True)]
+
+
+def _mode(pipeline: ImagePipeline):
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode(pipeline.interpolation)
 
 
 # ---------------------------------------------------------------- mixing batches

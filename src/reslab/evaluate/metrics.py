@@ -11,9 +11,12 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 from torch.nn import functional as F
 
+from .calibration import calibration_metrics
+
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
-    """Accuracy, error, loss, top-5, macro/weighted/per-class precision, recall, F1, confusion."""
+    """Accuracy, error, loss, top-5, macro/weighted/per-class precision, recall, F1, confusion,
+    and calibration: ECE and MCE (15 bins), NLL, Brier score and the reliability bins."""
     logits = logits.float().cpu()
     targets = targets.cpu()
     labels = list(range(len(classes)))
@@ -43,6 +46,7 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes:
         for name, p, r, f, s in zip(classes, precision, recall, f1, support)
     ]
     result["confusion_matrix"] = confusion_matrix(truth, predicted, labels=labels).tolist()
+    result.update(calibration_metrics(logits, targets))  # ece, mce, nll, brier, reliability (Guo et al. 2017)
     return result
 
 
@@ -52,7 +56,7 @@ def running_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 
 
 SUMMARY_KEYS = ("accuracy", "error", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1",
-                "weighted_f1", "loss")
+                "weighted_f1", "loss", "ece")
 
 
 def summary(metrics: dict) -> dict:

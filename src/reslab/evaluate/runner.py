@@ -2,30 +2,68 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from ..checkpoint import load_checkpoint
-from ..config import from_dict, validate
-from ..data import build_data
+from ..checkpoint import best_or_last, load_checkpoint
+from ..config import RunConfig, from_dict, validate
+from ..data import DataBundle, build_data
 from ..device import resolve_device
 from ..errors import ReslabError
 from ..models import model_from_meta
 from ..precision import resolve_precision
+from .calibration import calibration_metrics, plot_reliability, read_calibration, resolve_checkpoint
 from .predict import predict
 from .task import Task
 
 
-def evaluate_checkpoint(path: Path, data: str | None = None, data_root: str | None = None, split: str = "test",
-                        device: str = "auto", model: str | None = None, batch_size: int | None = None,
-                        weights: str = "live") -> dict:
-    """Metrics of a checkpoint on a split, computed as the run computed its own: in its
-    precision, memory format, test-time augmentation and evaluation batch size, so that
-    re-evaluating a run on the device it trained on reproduces its metrics.json. A precision
-    the device cannot run (fp16 on a CPU) falls back to fp32, and the result says so.
-    ``weights="ema"`` evaluates the averaged weights an epoch checkpoint of a run with
-    ``train.ema`` holds beside the live ones."""
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint's network on its device with the run's data loaders, and how the run
+    evaluated (precision, test-time flip): what ``evaluate``, ``calibrate`` and the
+    robustness evaluation share. Close it (or use ``with``) to stop file-loader workers."""
+
+    path: Path  # the checkpoint file
+    meta: dict
+    config: RunConfig
+    network: nn.Module
+    bundle: DataBundle
+    task: Task
+    device: torch.device
+    precision: str
+    note: str | None  # why the precision differs from the run's, if it does
+
+    def loader(self, split: str):
+        loader = self.bundle.test if split == "test" else self.bundle.val
+        if loader is None:
+            raise ReslabError(f"{self.config.data.name} has no {split} split in this configuration")
+        return loader
+
+    def logits(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
+        return predict(self.network, loader, self.device, self.precision, flip=self.config.train.tta)
+
+    def close(self) -> None:
+        for each in self.bundle.loaders():
+            getattr(each, "close", lambda: None)()
+
+    def __enter__(self) -> "LoadedCheckpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load_for_evaluation(path: Path, data: str | None = None, data_root: str | None = None, device: str = "auto",
+                        model: str | None = None, batch_size: int | None = None,
+                        weights: str = "live") -> LoadedCheckpoint:
+    """A checkpoint ready to evaluate as its run evaluated: in its precision, memory format,
+    test-time augmentation and evaluation batch size. A precision the device cannot run
+    (fp16 on a CPU) falls back to fp32, and ``note`` says so. ``weights="ema"`` takes the
+    averaged weights an epoch checkpoint of a run with ``train.ema`` holds."""
+    path = Path(path)
     state = load_checkpoint(path)
     meta = state["meta"]
     if model is not None and meta["model"] != model:
@@ -56,19 +94,55 @@ def evaluate_checkpoint(path: Path, data: str | None = None, data_root: str | No
         network.to(target)
         if channels_last:
             network.to(memory_format=torch.channels_last)
-        loader = bundle.test if split == "test" else bundle.val
-        if loader is None:
-            raise ReslabError(f"{config.data.name} has no {split} split in this configuration")
-        task = Task(bundle.task, bundle.classes, config.train.threshold)
-        metrics = task.metrics(*predict(network, loader, target, precision, flip=config.train.tta))
-    finally:
+    except BaseException:
         for each in bundle.loaders():
             getattr(each, "close", lambda: None)()
-    result = {"model": meta["model"], "dataset": config.data.name, "split": split, "checkpoint": str(path),
-              "precision": precision, split: metrics}
-    if note:
-        result["precision_note"] = note
+        raise
+    file = best_or_last(path) if path.is_dir() else path
+    return LoadedCheckpoint(file, meta, config, network, bundle, Task(bundle.task, bundle.classes,
+                                                                         config.train.threshold),
+                            target, precision, note)
+
+
+def evaluate_checkpoint(path: Path, data: str | None = None, data_root: str | None = None, split: str = "test",
+                        device: str = "auto", model: str | None = None, batch_size: int | None = None,
+                        weights: str = "live") -> dict:
+    """Metrics of a checkpoint on a split, computed as the run computed its own (see
+    ``load_for_evaluation``), so that re-evaluating a run on the device it trained on
+    reproduces its metrics.json. Single-label metrics include calibration (ECE, MCE, NLL,
+    Brier); where ``reslab calibrate`` stored a temperature for this checkpoint, the same
+    figures after temperature scaling are under ``calibrated``."""
+    with load_for_evaluation(path, data, data_root, device, model, batch_size, weights) as loaded:
+        logits, targets = loaded.logits(loaded.loader(split))
+        metrics = loaded.task.metrics(logits, targets)
+        stored = None if loaded.task.multi_label else read_calibration(Path(path))
+    result = {"model": loaded.meta["model"], "dataset": loaded.config.data.name, "split": split,
+              "checkpoint": str(path), "checkpoint_file": str(loaded.path),
+              "trained_on": loaded.meta["config"].get("data", {}).get("name"), "precision": loaded.precision,
+              split: metrics}
+    if stored is not None:
+        calibrated = calibration_metrics(logits, targets, stored["temperature"])
+        result["calibrated"] = {"temperature": stored["temperature"],
+                                **{key: calibrated[key] for key in ("ece", "mce", "nll", "brier")}}
+    if loaded.note:
+        result["precision_note"] = loaded.note
     return result
+
+
+def write_reliability(checkpoint: Path, result: dict) -> Path | None:
+    """The reliability diagram of an evaluation, into the checkpoint's run folder:
+    reliability.png for the run's own checkpoint and test split (what training drew), else
+    reliability-<checkpoint>-<dataset>-<split>.png. None outside a run folder or multi-label."""
+    metrics = result[result["split"]]
+    path, run_dir = resolve_checkpoint(Path(checkpoint))
+    if "reliability" not in metrics or run_dir is None:
+        return None
+    own = path == best_or_last(run_dir) and result["split"] == "test" and result["dataset"] == result["trained_on"]
+    name = "reliability.png" if own else f"reliability-{path.stem}-{result['dataset']}-{result['split']}.png"
+    plot_reliability(metrics["reliability"], run_dir / name,
+                     title=f"{result['model']} on {result['dataset']} ({result['split']}): ECE "
+                           f"{100 * metrics['ece']:.2f}%")
+    return run_dir / name
 
 
 def load_weights(model, state_dict: dict, source) -> None:

@@ -10,6 +10,8 @@ A study is data, from a YAML file or from flags::
     overrides: [train.epochs=10]      # section.key=value, applied to every run
     variants: {sgd: [], adam: [optim.name=adam, optim.lr=0.001]}   # optional, one more axis
     out: runs/cifar10-depth
+    launcher: {name: slurm, partition: gpu, gpus: 1, time: "24:00:00"}   # optional: runs as jobs
+    robustness: {images: 2000, baseline: plain20}   # optional: corruption errors and calibration after
 
 Every run has a fixed folder, ``<out>/<model>-<dataset>[-<variant>]-seed<k>``, so a study
 that is stopped and started again picks up where it was: a finished run (metrics.json)
@@ -43,7 +45,8 @@ from ..train.run_folder import RunResult, check_resumable, load_result
 
 logger = logging.getLogger(__name__)
 
-STUDY_KEYS = ("name", "recipe", "models", "seeds", "datasets", "overrides", "variants", "out")
+STUDY_KEYS = ("name", "recipe", "models", "seeds", "datasets", "overrides", "variants", "out", "launcher",
+              "robustness")
 
 @dataclass
 class Study:
@@ -55,6 +58,8 @@ class Study:
     variants: dict[str, list[str]] = field(default_factory=dict)  # {} : one unnamed variant
     out: Path = Path("runs/study")
     name: str = "study"
+    launcher: dict = field(default_factory=dict)  # cluster jobs (experiments/launch.py); {}: in this process
+    robustness: dict | None = None  # corruptions and calibration after training (evaluate/robustness.py)
 
 
 @dataclass
@@ -131,6 +136,8 @@ def study_from_dict(data: dict, default_name: str = "study", overrides: list[str
         variants={str(k): [str(o) for o in (v or [])] for k, v in variants.items()},
         out=Path(data.get("out") or Path("runs") / name),
         name=name,
+        launcher=data.get("launcher") or {},
+        robustness=_robustness(data["robustness"]) if "robustness" in data else None,
     )
 
 
@@ -170,6 +177,14 @@ def update_study(study: Study, models=None, seeds=None, datasets=None, recipe=No
     if out is not None:
         study.out = Path(out)
     return study
+
+
+def _robustness(section) -> dict:
+    """The study's robustness: section, checked now rather than after the training."""
+    from ..evaluate.robustness import RobustnessSettings
+
+    RobustnessSettings.from_dict(section)
+    return dict(section or {})
 
 
 def _names(value, key: str) -> list[str]:

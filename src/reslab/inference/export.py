@@ -1,11 +1,13 @@
 """Export a checkpoint for use outside reslab: ONNX (any batch size) and TorchScript, each
-checked against PyTorch on fresh inputs, and safetensors weights with a JSON of what is
-needed to rebuild and feed the model (architecture, classes, image size, mean/std)."""
+checked against PyTorch on fresh inputs, safetensors weights with a JSON of what is
+needed to rebuild and feed the model (architecture, classes, image size, mean/std), and a
+folder in timm's and the Hugging Face hub's layout (model.safetensors + config.json)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -20,7 +22,8 @@ from .. import __version__
 from ..errors import ReslabError
 from .predict import load_model
 
-EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+# Each format's suffix for the default output name; "hub" writes a folder.
+EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors", "hub": "-hub"}
 PARITY_TOLERANCE = 1e-4  # max abs difference of logits allowed between PyTorch and the export
 ONNX_OPSET = 18
 
@@ -31,12 +34,13 @@ class ExportResult:
     format: str
     max_abs_diff: float
     extra_files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         lines = [f"written: {self.path}"] + [f"written: {extra}" for extra in self.extra_files]
         lines.append(f"parity with PyTorch: max abs difference of logits {self.max_abs_diff:.3g} "
                      f"(tolerance {PARITY_TOLERANCE:g})")
-        return "\n".join(lines)
+        return "\n".join(lines + self.notes)
 
 
 def export_metadata(meta: dict) -> dict:
@@ -49,6 +53,8 @@ def export_metadata(meta: dict) -> dict:
         "task": meta.get("task", "single-label"), "dataset": meta.get("dataset"), "reslab_version": __version__,
         "input": "float32 (N, C, H, W): pixels / 255, minus mean, divided by std, per channel",
         "output": "logits (N, classes): softmax for single-label, sigmoid for multi-label",
+        # reslab calibrate's temperature scaling (Guo et al. 2017): softmax(logits / temperature)
+        "temperature": meta.get("temperature", 1.0),
     }
 
 
@@ -63,6 +69,8 @@ def export_checkpoint(checkpoint: Path | str, format: str, output: Path | str | 
         raise ReslabError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
     model, meta = load_model(checkpoint, "cpu")
     output = Path(output) if output is not None else default_output(Path(checkpoint), format)
+    if format == "hub":
+        return export_hub(model, meta, output)
     if output.is_dir():
         example = output / default_output(Path(checkpoint), format)
         raise ReslabError(f"--output {output} is a folder; give a file name, e.g. {example}")
@@ -231,3 +239,66 @@ def export_safetensors(model: nn.Module, meta: dict, output: Path) -> ExportResu
     text = json.dumps(export_metadata(meta), indent=2) + "\n"
     os.replace(_staged(metadata_path(output), lambda path: path.write_text(text)), metadata_path(output))
     return ExportResult(output, "safetensors", difference, [metadata_path(output)])
+
+
+# ---------------------------------------------------------------- hub folder (timm, Hugging Face)
+
+
+def export_hub(model: nn.Module, meta: dict, output: Path) -> ExportResult:
+    """A folder of model.safetensors and config.json in timm's layout, checked by rebuilding
+    the network from the folder alone; written beside ``output`` and moved into place."""
+    from safetensors.torch import save_file
+
+    from ..models.weights.hub import CONFIG_FILE, WEIGHTS_FILE, hub_config, load_hub_model, timm_note
+
+    _check_hub_output(output, (CONFIG_FILE, WEIGHTS_FILE))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReslabError(f"cannot create the folder of {output}: {exc.strerror}") from None
+    state = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
+    text = json.dumps(hub_config(meta, getattr(model, "num_features", 0)), indent=2) + "\n"
+    staging = output.parent / f".{output.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        staging.mkdir()
+        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(text)
+        rebuilt, _ = load_hub_model(staging)
+        difference = check_parity(_torch_reference(model), _torch_reference(rebuilt.eval()), meta, "the hub folder")
+        if output.is_dir():  # a previous export: replace its files
+            for name in (WEIGHTS_FILE, CONFIG_FILE):
+                os.replace(staging / name, output / name)
+        else:
+            os.replace(staging, output)
+    except OSError as exc:
+        raise ReslabError(f"cannot write {output}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(output, "hub", difference, [output / WEIGHTS_FILE, output / CONFIG_FILE],
+                        notes=[timm_note(meta, output)])
+
+
+def _check_hub_output(output: Path, own_files: tuple[str, ...]) -> None:
+    """A new folder, an empty one or an earlier reslab hub export; never a run folder."""
+    if output.exists() and not output.is_dir():
+        raise ReslabError(f"--output {output} is a file; the hub format writes a folder (e.g. {output.stem}-hub)")
+    if not output.is_dir():
+        return
+    if _is_run_folder(output) or (output.name == "checkpoints" and _is_run_folder(output.parent)):
+        raise ReslabError(f"--output {output} is a run folder; write the hub folder elsewhere")
+    others = sorted(path.name for path in output.iterdir() if path.name not in own_files)
+    if others or ((output / own_files[0]).exists() and not _is_reslab_config(output / own_files[0])):
+        listed = ", ".join((others or [own_files[0]])[:3])
+        raise ReslabError(f"--output {output} is a folder holding other files ({listed}); give a new or empty folder")
+
+
+def _is_reslab_config(path: Path) -> bool:
+    """Whether ``path`` is the config.json of an earlier hub export of reslab's."""
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf8")).get("reslab"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir()

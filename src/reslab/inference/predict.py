@@ -20,8 +20,10 @@ from ..data.normalization import Normalizer
 from ..data.transforms import ImagePipeline, eval_transform
 from ..device import resolve_device
 from ..errors import ReslabError
+from ..evaluate.calibration import stored_temperature
 from ..evaluate.runner import load_weights
 from ..models import model_from_meta
+from ..models.weights.hub import is_hub_source, load_hub_model
 
 # Suffixes looked for inside folders; a file named on the command line is tried whatever its name.
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -39,13 +41,26 @@ class LoadedImages:
 
 
 def load_model(checkpoint: Path | str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """The network of a run folder or .pt file, in eval mode on ``device``, and its meta."""
-    state = load_checkpoint(Path(checkpoint))
-    meta = state["meta"]
-    model = model_from_meta(meta)
-    load_weights(model, state["model"], checkpoint)
+    """The network of a run folder, a .pt file or a hub folder (``hf-hub:org/name``: timm's
+    layout), in eval mode on ``device``, and its meta."""
+    if is_hub_source(checkpoint):
+        model, meta = load_hub_model(checkpoint)
+    else:
+        state = load_checkpoint(Path(checkpoint))
+        meta = state["meta"]
+        model = model_from_meta(meta)
+        load_weights(model, state["model"], checkpoint)
+        fitted = stored_temperature(Path(checkpoint))  # reslab calibrate's, for this very file
+        if fitted is not None:
+            meta = {**meta, "temperature": fitted}
     device = resolve_device(device) if isinstance(device, str) else device
     return model.to(device).eval(), meta
+
+
+def temperature(meta: dict) -> float:
+    """What single-label logits are divided by before the softmax: the temperature
+    ``reslab calibrate`` fitted (Guo et al. 2017), or 1."""
+    return float(meta.get("temperature") or 1.0)
 
 
 def is_multi_label(meta: dict) -> bool:
@@ -86,7 +101,7 @@ def decode_image(data: bytes, meta: dict) -> torch.Tensor:
     if channels not in (1, 3):
         raise ReslabError(f"the checkpoint takes {channels}-channel images; image files can feed 1 (grey) or 3 (RGB)")
     try:
-        image = decode(data, "pil", channels)
+        image = decode(data, (meta.get("preprocess") or {}).get("decoder", "pil"), channels)
     except BadImage as exc:
         raise ReslabError(str(exc)) from None
     return prepare(image, meta)
@@ -98,7 +113,8 @@ def prepare(image: torch.Tensor, meta: dict) -> torch.Tensor:
     height, width = meta["image_size"]
     spec = meta.get("preprocess") or {}
     pipeline = ImagePipeline(image_size=height, resize_size=spec.get("resize_size"),
-                             center_crop=bool(spec.get("center_crop")))
+                             center_crop=bool(spec.get("center_crop")),
+                             interpolation=spec.get("interpolation", "bilinear"))
     if (height, width) != (pipeline.image_size, pipeline.image_size):  # a non-square input: squash
         from torchvision.transforms import v2
 
@@ -152,7 +168,8 @@ def probabilities(model: nn.Module, meta: dict, images: torch.Tensor, batch_size
     outputs = []
     for chunk in images.split(batch_size):
         logits = model(normalize(chunk, meta, device)).float()
-        outputs.append(torch.sigmoid(logits) if is_multi_label(meta) else torch.softmax(logits, 1))
+        outputs.append(torch.sigmoid(logits) if is_multi_label(meta)
+                       else torch.softmax(logits / temperature(meta), 1))
     return torch.cat(outputs).cpu()
 
 
@@ -183,6 +200,8 @@ def predict_images(model: nn.Module, meta: dict, loaded: LoadedImages, top_k: in
 def format_results(results: list[dict], meta: dict, style: str, threshold: float | None = None) -> str:
     if style == "json":
         summary = {"model": meta["model"], "task": meta.get("task", "single-label"), "results": results}
+        if meta.get("temperature"):
+            summary["temperature"] = meta["temperature"]
         if threshold is not None:
             summary["threshold"] = threshold
         return json.dumps(summary, indent=2)

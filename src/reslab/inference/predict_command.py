@@ -32,6 +32,9 @@ def run_predict(checkpoint: str, specs: list[str], top_k: int = 5, style: str = 
             raise ReslabError(f"--threshold must be between 0 and 1, got {threshold}")
     target = class_index(meta, target_class) if target_class is not None else None
 
+    if meta.get("temperature"):
+        note(f"reslab: probabilities divided by the temperature T = {meta['temperature']:.4f} that reslab calibrate "
+             "stored for this checkpoint")
     loaded = load_images(specs, meta)
     for what, why in loaded.skipped:
         note(f"reslab: warning: skipped {what}: {why}")

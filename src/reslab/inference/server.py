@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import ReslabError
 from .gradcam import GradCAM, overlay
-from .predict import class_index, decode_image, is_multi_label, load_model, normalize, rank_classes
+from .predict import class_index, decode_image, is_multi_label, load_model, normalize, rank_classes, temperature
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class ModelService:
         return {"model": meta["model"], "dataset": meta.get("dataset"), "task": meta.get("task", "single-label"),
                 "classes": meta["classes"], "image_size": meta["image_size"], "in_channels": meta["in_channels"],
                 "top_k": self.top_k, "threshold": self.threshold if is_multi_label(meta) else None,
+                "temperature": meta.get("temperature"),
                 "max_upload_bytes": self.max_upload_bytes}
 
     def predict(self, data: bytes, class_name: str | None = None) -> dict:
@@ -69,7 +70,10 @@ class ModelService:
         with self.lock:
             explained = GradCAM(self.model)(normalize(image[None], self.meta, self.device), target)
         logits = explained.logits
-        probs = torch.sigmoid(logits) if is_multi_label(self.meta) else torch.softmax(logits, 1)
+        if is_multi_label(self.meta):
+            probs = torch.sigmoid(logits)
+        else:
+            probs = torch.softmax(logits / temperature(self.meta), 1)
         if is_multi_label(self.meta):
             ranked = rank_classes(probs, {**self.meta, "task": "single-label"}, self.top_k)[0]
             for entry in ranked:

@@ -31,6 +31,7 @@ from ..runfs import atomic_write_json, atomic_write_text
 from ..experiments.bench import busy_warning
 from ..train.run_folder import load_result
 from .paper import paper_error
+from .robustness import robustness_section
 
 # Figures averaged over the seeds of one net; error and training error are derived from
 # the means of accuracy and training accuracy, so error = 1 - accuracy holds exactly.
@@ -623,6 +624,8 @@ def build_report(run_dirs: list[str | Path], out: Path, title: str | None = None
     blocks += [("h2", "Results"), ("table", *summary_table(summary)), ("p", NOTE)]
     blocks += [("h2", "Depth: plain vs residual"), ("ul", findings), ("p", NOISE_NOTE.format(100 * tolerance))]
     blocks += [("img", path, caption) for path, caption in figures["depth"]]
+    robustness = robustness_section(runs, rows, out / "figures", tolerance)  # empty without robustness.json
+    blocks += robustness.blocks
     blocks += [("h2", "Per class")] + [("img", path, caption) for path, caption in figures["classes"]]
     if bench:
         environment = bench.get("environment", {})
@@ -644,10 +647,10 @@ def build_report(run_dirs: list[str | Path], out: Path, title: str | None = None
         "runs": [{**row, "per_class": run.metrics["test"]["per_class"],
                   "confusion_matrix": run.metrics["test"].get("confusion_matrix"), "history": run.history}
                  for row, run in zip(rows, runs)],
-        "bench": bench,
+        "bench": bench, "robustness": robustness.data,
     })
-    paths = [path for section in figures.values() for path, _ in section]
-    return Report(out, rows, summary, findings, paths)
+    paths = [path for section in figures.values() for path, _ in section] + robustness.figures
+    return Report(out, rows, summary, findings + robustness.findings, paths)
 
 
 def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:

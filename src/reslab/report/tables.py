@@ -21,6 +21,8 @@ def metrics_table(metrics: dict) -> str:
     rows += [("loss", result["loss"]),
              ("precision (macro)", result["macro_precision"]), ("recall (macro)", result["macro_recall"]),
              ("F1 (macro)", result["macro_f1"]), ("F1 (weighted)", result["weighted_f1"])]
+    rows += [(name, result[key]) for key, name in (("ece", "ECE (15 bins)"), ("mce", "MCE"), ("nll", "NLL"),
+                                                    ("brier", "Brier score")) if result.get(key) is not None]
     for name, value in rows:
         lines.append(f"  {name:<18} {value:.4f}")
     for key, name in (("parameters", "parameters"), ("train_seconds", "train time (s)"),
@@ -28,6 +30,10 @@ def metrics_table(metrics: dict) -> str:
         if key in metrics:
             value = metrics[key]
             lines.append(f"  {name:<18} {value:,.0f}" if isinstance(value, float) else f"  {name:<18} {value:,}")
+    if metrics.get("calibrated"):  # reslab calibrate's temperature, applied
+        calibrated = metrics["calibrated"]
+        lines.append(f"  {'temperature':<18} {calibrated['temperature']:.4f}  (then ECE {calibrated['ece']:.4f}, "
+                     f"NLL {calibrated['nll']:.4f})")
     if "best_weights" in metrics:  # which weights the test figures are of
         lines.append(f"  {'weights':<18} {WEIGHTS[metrics['best_weights']]}")
     lines.append("")

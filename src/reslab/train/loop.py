@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from ..data import DataBundle, resolve_defaults
 from ..data.files import write_bad_files
 from ..device import configure, resolve_device, seed_everything
 from ..errors import ReslabError
+from ..evaluate.calibration import plot_reliability
 from ..evaluate.plots import plot_confusion, plot_history
 from ..evaluate.predict import predict
 from ..evaluate.task import Task
@@ -36,6 +38,7 @@ from ..runfs import atomic_write_json
 from . import run_folder
 from .ema import ModelEma
 from .losses import build_criterion
+from .observers import Observer, build_logger
 from .run_folder import VAL_FIGURES, RunResult
 from .setup import (build_optimization, build_run_data, build_run_model, epochs_of, warn_about_schedule)
 from .state import EpochTally, TrainState
@@ -45,11 +48,13 @@ from .stop import StopRequest
 logger = logging.getLogger(__name__)
 
 
-def train(config: RunConfig, resume: Path | None = None, progress: bool = True) -> RunResult:
+def train(config: RunConfig, resume: Path | None = None, progress: bool = True,
+          observers: Sequence[Observer] = ()) -> RunResult:
     """Train per ``config`` into a new run folder, or continue the run in ``resume``.
 
     A run folder named by ``output.name`` that exists, is unfinished and was started with
-    this very config is continued automatically.
+    this very config is continued automatically. ``observers`` watch it from rank 0, besides
+    the tracker ``output.logger`` names (observers.py).
     """
     validate(config)
     resolve_defaults(config)
@@ -68,8 +73,9 @@ def train(config: RunConfig, resume: Path | None = None, progress: bool = True) 
         saved = run_folder.latest_checkpoint(resume)
     env, device = distributed.setup(device)
     bundle = None
+    watchers = [o for o in (build_logger(config), *observers) if o is not None] if env.is_main else []
     try:
-        distributed.check_batch(config.train.batch_size, env)
+        distributed.check_batch(config.train.batch_size, env, config.train.accumulate)
         configure(device, config.train.deterministic, config.train.threads)
         seed_everything(config.train.seed)
         bundle = build_run_data(config, device, env)
@@ -80,10 +86,15 @@ def train(config: RunConfig, resume: Path | None = None, progress: bool = True) 
         if resume is not None and env.is_main:
             (run_dir / "checkpoints").mkdir(exist_ok=True)  # a run stopped before its first checkpoint
         with StopRequest() as stop:
-            state, task = fit(config, bundle, model, meta, device, env, run_dir, saved, stop, progress)
+            state, task = fit(config, bundle, model, meta, device, env, run_dir, saved, stop, progress, watchers)
         # Signals are PyTorch's again here: a Ctrl-C during the final evaluation stops at once.
-        return finish(config, bundle, task, model, meta, device, env, run_dir, state)
+        result = finish(config, bundle, task, model, meta, device, env, run_dir, state)
+        for watcher in watchers:
+            watcher.end(run_dir, result.metrics)
+        return result
     finally:
+        for watcher in watchers:
+            watcher.close()
         if bundle is not None:
             for loader in bundle.loaders():
                 getattr(loader, "close", lambda: None)()  # worker processes of file loaders
@@ -103,7 +114,7 @@ def _new_run(config: RunConfig, bundle: DataBundle, device: torch.device, env) -
 
 
 def fit(config: RunConfig, bundle: DataBundle, model, meta: dict, device, env, run_dir: Path, saved: dict | None,
-        stop: StopRequest, progress: bool) -> tuple[TrainState, Task]:
+        stop: StopRequest, progress: bool, watchers: Sequence[Observer] = ()) -> tuple[TrainState, Task]:
     """Train, validate and checkpoint epoch after epoch; returns the final state."""
     task = Task(bundle.task, bundle.classes, config.train.threshold)
     criterion = build_criterion(config.train.loss, task.multi_label, config.train.label_smoothing)
@@ -113,6 +124,8 @@ def fit(config: RunConfig, bundle: DataBundle, model, meta: dict, device, env, r
                        ModelEma(model, config.train.ema) if config.train.ema else None, EpochTally.zero(device))
     if saved is not None:
         state.load_state_dict(saved)
+    for watcher in watchers:
+        watcher.start(run_dir, config, state.step)
     epochs = epochs_of(total_steps, len(bundle.train))
     bar = tqdm(total=total_steps, initial=state.step, unit="it", desc=config.model.name, dynamic_ncols=True,
                disable=not (progress and env.is_main and sys.stderr.isatty()), file=sys.stderr)
@@ -125,7 +138,7 @@ def fit(config: RunConfig, bundle: DataBundle, model, meta: dict, device, env, r
             freeze(model, freeze_mode)
             forward = _wrap(model, config, device, env)  # DDP is built for the parameters that train now
         train_one_epoch(state, forward, criterion, task, bundle.train, config, device, env, total_steps, stop,
-                        run_dir, meta, bar)
+                        run_dir, meta, bar, watchers)
         row = {"epoch": state.epoch + 1, "step": state.step, "lr": optimizer.param_groups[0]["lr"],
                **_train_figures(state.tally, env), "epoch_seconds": state.tally.seconds,
                "images_per_second": state.tally.seen * env.world_size / state.tally.seconds}
@@ -138,6 +151,8 @@ def fit(config: RunConfig, bundle: DataBundle, model, meta: dict, device, env, r
         if env.is_main:
             _save_epoch(state, run_dir, meta, weights if is_best else None, config.output.keep_last)
         _log_epoch(row, epochs, bar, env)
+        for watcher in watchers:
+            watcher.epoch(state.step, row)  # may raise: a pruned trial stops here, its epoch saved
         if state.step < total_steps and distributed.any_rank(stop.requested, env, device):
             bar.close()
             raise stop.interrupted(state.step, state.epoch, run_dir)
@@ -147,7 +162,8 @@ def fit(config: RunConfig, bundle: DataBundle, model, meta: dict, device, env, r
 
 
 def train_one_epoch(state: TrainState, forward, criterion, task: Task, loader, config: RunConfig, device, env,
-                    total_steps: int, stop: StopRequest, run_dir: Path, meta: dict, bar) -> None:
+                    total_steps: int, stop: StopRequest, run_dir: Path, meta: dict, bar,
+                    watchers: Sequence[Observer] = ()) -> None:
     """The steps of epoch ``state.epoch``, from batch ``state.batch`` on (a mid-epoch resume)."""
     state.model.train()
     loader.set_epoch(state.epoch)
@@ -159,7 +175,8 @@ def train_one_epoch(state: TrainState, forward, criterion, task: Task, loader, c
         if state.step >= total_steps:
             break
         loss, logits = train_step(forward, images, targets, criterion, state.optimizer, state.scaler, device,
-                                  config.train.precision, state.scheduler)
+                                  config.train.precision, state.scheduler, config.train.accumulate,
+                                  config.optim.clip_grad_norm)
         if state.ema is not None:
             state.ema.update(state.model)
         state.step += 1
@@ -180,6 +197,11 @@ def train_one_epoch(state: TrainState, forward, criterion, task: Task, loader, c
                 distributed.barrier(env)
                 bar.close()
                 raise stop.interrupted(state.step, state.epoch + 1, run_dir)
+        if watchers and state.step % config.output.log_every == 0:  # a host sync: not every step on a GPU
+            figures = {"loss": loss.item(), "lr": state.optimizer.param_groups[0]["lr"],
+                       "images_per_second": state.tally.seen * env.world_size / (time.perf_counter() - started)}
+            for watcher in watchers:
+                watcher.step(state.step, figures)
         bar.update(1)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -214,7 +236,7 @@ def _wrap(model, config: RunConfig, device, env):
     network = model
     if env.enabled:
         network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return torch.compile(network) if config.train.compile else network
+    return torch.compile(network, mode=config.train.compile_mode) if config.train.compile else network
 
 
 def _save_epoch(state: TrainState, run_dir: Path, meta: dict, best_weights: str | None, keep_last: int) -> None:
@@ -304,6 +326,9 @@ def finish(config: RunConfig, bundle: DataBundle, task: Task, model, meta: dict,
         if "confusion_matrix" in test:
             plot_confusion(test["confusion_matrix"], bundle.classes, run_dir / "confusion_matrix.png",
                            title=f"{config.model.name}: test confusion matrix")
+        if "reliability" in test:  # Guo et al. 2017, Fig. 1
+            plot_reliability(test["reliability"], run_dir / "reliability.png",
+                             title=f"{config.model.name}: test ECE {100 * test['ece']:.2f}%")
     if bad_files:
         write_bad_files(run_dir / "bad_files.txt", bad_files)
         logger.warning("%d bad image file(s) skipped, listed in %s; only the files the loaders reached were "

@@ -44,7 +44,8 @@ HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_accuracy", *(f"val
 # What a run may be continued (or reused by a study) with: where it runs may change for any
 # run; how long it trains, only for an unfinished one. What it learns from never changes.
 RUN_LOCATION = {"train.device", "train.threads", "train.eval_batch_size", "output.plots", "output.keep_last",
-                "output.dir", "output.name", "data.root", "data.download"}
+                "output.dir", "output.name", "data.root", "data.download", "data.workers", "output.logger",
+                "output.log_every", "output.project", "output.tracking_uri"}
 RUN_LENGTH = {"train.epochs", "train.max_iters"}
 RESUMABLE_CHANGES = RUN_LOCATION | RUN_LENGTH
 # Schedules planned over the whole run: a resumed run following one keeps its length.

@@ -31,24 +31,36 @@ def model_options(config: RunConfig) -> dict:
             if getattr(config.model, key) != default}
 
 
-def load_pretrained(model: nn.Module, source: str) -> list[str]:
-    """Weights from a Keras .h5 file, a torchvision file or name, or a reslab/other PyTorch checkpoint."""
-    from ..models.weights import load_keras_weights, load_torchvision_weights
+# Keras files: legacy .h5 (weights or whole model), Keras 3 .weights.h5 and .keras archives.
+KERAS_SUFFIXES = (".h5", ".keras")
 
-    if source.endswith(".h5"):
+
+def load_pretrained(model: nn.Module, source: str) -> list[str]:
+    """Weights from a Keras file, a hub folder or ``hf-hub:`` name (timm's layout), a
+    torchvision file or name, or a reslab/other PyTorch checkpoint."""
+    from ..models.weights import load_keras_weights, load_torchvision_weights
+    from ..models.weights.hub import is_hub_source, load_hub_weights
+
+    if source.endswith(KERAS_SUFFIXES):
         return load_keras_weights(model, source)
+    if is_hub_source(source):
+        return load_hub_weights(model, source)
     return load_torchvision_weights(model, source)
 
 
 def pretrained_normalization(config: RunConfig) -> tuple[str, tuple[list[float], list[float]] | None]:
     """The normalization ``data.normalization=auto`` means: what the pretrained weights
-    expect (Keras ResNet V2 .h5: [-1, 1]; a reslab checkpoint: its own statistics; other
-    PyTorch weights: ImageNet's), or without weights the dataset's own."""
+    expect (Keras ResNet V2 files: [-1, 1]; a reslab checkpoint or a hub folder: its own
+    statistics; other PyTorch weights: ImageNet's), or without weights the dataset's own."""
+    from ..models.weights.hub import hub_normalization, is_hub_source
+
     kind, source = config.data.normalization, config.model.pretrained
     if kind != "auto" or not source:
         return kind, None
-    if source.endswith(".h5"):
+    if source.endswith(KERAS_SUFFIXES):
         return "inception", None
+    if is_hub_source(source):
+        return "dataset", hub_normalization(source)
     if Path(source).exists():
         try:
             meta = load_checkpoint(Path(source))["meta"]

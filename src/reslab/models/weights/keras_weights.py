@@ -1,6 +1,6 @@
 """Keras applications' ResNet weights into reslab models, read with h5py (no TensorFlow or Keras).
 
-Two file layouts are read:
+Three file layouts are read:
 
 * the legacy ``.h5`` of keras.applications (``resnet50v2_weights_tf_dim_ordering_tf_kernels.h5``
   and ``model.save("x.h5")``): a group per layer *name*, its ``weight_names`` attribute
@@ -8,11 +8,19 @@ Two file layouts are read:
 * Keras 3's ``.weights.h5`` (``model.save_weights``): ``layers/<class>_<n>/vars/<i>``, the
   layers named by class and counted in the model's layer order (``conv2d_3``), so the
   mapping rebuilds Keras's layer order: in a block 1_conv, 2_conv, the shortcut 0_conv,
-  then 3_conv (Keras orders a functional model's layers by their depth from the output).
+  then 3_conv (Keras orders a functional model's layers by their depth from the output);
+* Keras 3's ``.keras`` archive (``model.save("x.keras")``): the same groups, named from
+  the archive's config (``keras_files``).
 
-Targets: ``resnet50v2``/``101v2``/``152v2`` (and report 000's model, whose head keeps its
-initialisation), and Keras's V1 ``ResNet50``/``101``/``152`` onto reslab's ``resnet50``/...
-built with ``stride_in="1x1"`` (Keras V1 strides in the first 1x1 conv). Keras V1 puts
+Whole models that nest the ResNet as a backbone (``Sequential([ResNet152V2(include_top=False),
+Conv2D(...), ..., Dense(10)])``, report 000's) are read in every format: the backbone's
+layers by their own names, then the layers after it in order onto the reslab model's head
+(report 000's four convs, Dense(512) and Dense(classes); a single Dense onto ``fc``). A
+``.weights.h5`` has no config, so there the head's convs are taken before its dense layers.
+
+Targets: ``resnet50v2``/``101v2``/``152v2`` and report 000's model (whose head keeps its
+initialisation when the file has only the backbone), and Keras's V1 ``ResNet50``/``101``/``152``
+onto reslab's ``resnet50``/... built with ``stride_in="1x1"`` (Keras V1 strides in the first 1x1 conv). Keras V1 puts
 biases in convs that reslab (like torchvision) leaves out because a BN follows; a bias b
 before a BN is folded exactly into its moving mean (mean - b), and the BN epsilon is set
 to Keras's 1.001e-5.
@@ -24,6 +32,7 @@ scaled to [-1, 1]; V1 takes BGR with the ImageNet means subtracted (``caffe`` mo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +44,7 @@ from ...errors import ReslabError
 from ..blocks import Bottleneck
 from ..imagenet import ImageNetResNet
 from ..preact import KERAS_BN_EPSILON, ResNetV2
+from .keras_files import StoredWeights, import_h5py, is_keras_archive, layer_kind, read_keras_archive
 
 # Keras 3 names the layers of a .weights.h5 after their class.
 KERAS3_CLASS_NAMES = {"conv": "conv2d", "bn": "batch_normalization", "dense": "dense"}
@@ -109,14 +119,29 @@ def keras_v1_layers(model: ImageNetResNet) -> list[KerasLayer]:
     return layers
 
 
-def _read_layers(path: Path, layers: list[KerasLayer]) -> dict[str, dict[str, np.ndarray]]:
-    """``{keras layer name: {variable name: array}}`` for the layers present in the file."""
-    try:
-        import h5py
-    except ImportError:
-        raise ReslabError("reading Keras weights needs h5py: pip install h5py") from None
+def keras_head_targets(model: nn.Module) -> list[tuple[str, str]]:
+    """(kind, module) of the reslab layers a Keras head maps onto, in order: the convs and
+    linears of ``model.head`` (report 000's), then ``fc``."""
+    targets = []
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Sequential):
+        for name, module in head.named_children():
+            if isinstance(module, nn.Conv2d):
+                targets.append(("conv", f"head.{name}"))
+            elif isinstance(module, nn.Linear):
+                targets.append(("dense", f"head.{name}"))
+    if isinstance(getattr(model, "fc", None), nn.Linear):
+        targets.append(("dense", "fc"))
+    return targets
+
+
+def _read_layers(path: Path, layers: list[KerasLayer]) -> StoredWeights:
+    """The weights in the file by Keras layer name, and the head after a nested backbone."""
+    h5py = import_h5py()
     if not path.is_file():
         raise ReslabError(f"no Keras weights file at {path}: check the path")
+    if is_keras_archive(path):
+        return read_keras_archive(path)
     try:
         with h5py.File(path, "r") as file:
             root = file["model_weights"] if "model_weights" in file else file
@@ -138,20 +163,45 @@ def _text(value) -> str:
     return value.decode("utf8") if isinstance(value, bytes) else str(value)
 
 
-def _read_legacy(root) -> dict[str, dict[str, np.ndarray]]:
-    layers = {}
-    for layer_name in map(_text, root.attrs["layer_names"]):
+def _attribute_list(group, name: str) -> list[str]:
+    """A list attribute; Keras splits one over 64 KB into ``name0``, ``name1``, ..."""
+    if name in group.attrs:
+        return [_text(value) for value in group.attrs[name]]
+    values, chunk = [], 0
+    while f"{name}{chunk}" in group.attrs:
+        values += [_text(value) for value in group.attrs[f"{name}{chunk}"]]
+        chunk += 1
+    return values
+
+
+def _read_legacy(root) -> StoredWeights:
+    stored = StoredWeights({})
+    top, nested = [], False
+    for layer_name in _attribute_list(root, "layer_names"):
         group = root[layer_name]
-        variables = {}
-        for weight_name in map(_text, group.attrs.get("weight_names", [])):
-            # "conv1_conv/kernel:0" (Keras 2) or "conv1_conv/kernel" (Keras 3)
-            variables[weight_name.split("/")[-1].split(":")[0]] = group[weight_name][()]
-        if variables:
-            layers[layer_name] = variables
-    return layers
+        by_layer: dict[str, dict[str, np.ndarray]] = {}
+        for weight_name in _attribute_list(group, "weight_names"):
+            # "conv1_conv/kernel:0" (Keras 2), "conv1_conv/kernel" or "sequential/conv2d/kernel" (Keras 3)
+            *scope, variable = weight_name.split("/")
+            owner = scope[-1] if scope else layer_name
+            by_layer.setdefault(owner, {})[variable.split(":")[0]] = group[weight_name][()]
+        if len(by_layer) == 1:  # a layer of its own, whatever scope its weights were named in
+            stored.layers[layer_name] = next(iter(by_layer.values()))
+            top.append(layer_name)
+        elif by_layer:  # a nested model (a Sequential's backbone): its layers by their own names
+            stored.layers.update(by_layer)
+            nested = True
+    if nested:
+        stored.head = [(name, layer_kind(stored.layers[name])) for name in top]
+    return stored
 
 
-def _read_keras3(group, layers: list[KerasLayer]) -> dict[str, dict[str, np.ndarray]]:
+def _read_keras3(group, layers: list[KerasLayer]) -> StoredWeights:
+    nested = [name for name in group if "layers" in group[name]]
+    if nested:  # model.save_weights of a Sequential around the ResNet: layers/functional/layers/...
+        stored = _read_keras3(group[nested[0]]["layers"], layers)
+        stored.head = _keras3_head(group, stored)
+        return stored
     counts: dict[str, int] = {}
     found = {}
     for layer in layers:
@@ -172,11 +222,45 @@ def _read_keras3(group, layers: list[KerasLayer]) -> dict[str, dict[str, np.ndar
             f"the Keras file holds {stored_convs} conv layers but the model has {expected_convs}: "
             "it holds the weights of another architecture"
         )
-    return found
+    return StoredWeights(found)
+
+
+def _keras3_head(group, stored: StoredWeights) -> list[tuple[str, str]]:
+    """The weighted layers beside the nested backbone of a ``.weights.h5``. Without a config
+    the order across classes is unknown: the convs are taken before the dense layers (as in
+    every conv head, report 000's included), each class in Keras's numbering."""
+    head = []
+    for kind, base in (("conv", "conv2d"), ("dense", "dense")):
+        numbered = {}
+        for name in group:
+            match = re.fullmatch(rf"{base}(?:_(\d+))?", name)
+            if match:
+                numbered[int(match.group(1) or 0)] = name
+        for _, name in sorted(numbered.items()):
+            arrays = group[name].get("vars")
+            if arrays is None or len(arrays) == 0:
+                continue
+            key = f"head/{name}"
+            names = KERAS3_VARIABLES[kind][: len(arrays)]
+            stored.layers[key] = {var: arrays[str(i)][()] for i, var in enumerate(names)}
+            head.append((key, kind))
+    return head
+
+
+def _head_layers(head: list[tuple[str, str]], targets: list[tuple[str, str]], model_name: str,
+                 notes: list[str]) -> list[KerasLayer]:
+    """The file's head layers onto the model's, matched in order when their kinds agree."""
+    if [kind for _, kind in head] == [kind for kind, _ in targets]:
+        return [KerasLayer(name, kind, module) for (name, kind), (_, module) in zip(head, targets)]
+    found = ", ".join(kind for _, kind in head) or "no weighted layers"
+    expected = ", ".join(kind for kind, _ in targets) or "none"
+    notes.append(f"the file's head ({found}) does not match {model_name}'s ({expected}): the model keeps its own")
+    return []
 
 
 def load_keras_weights(model: nn.Module, path: str | Path) -> list[str]:
-    """Load Keras applications ResNet(V2) weights from ``path``; returns notes (e.g. no top)."""
+    """Load Keras ResNet(V2) weights from ``path`` (weights or a whole model around the ResNet,
+    any format); returns notes (no top, a head that does not fit)."""
     path = Path(path)
     if isinstance(model, ResNetV2):
         layers = keras_v2_layers(model)
@@ -188,10 +272,13 @@ def load_keras_weights(model: nn.Module, path: str | Path) -> list[str]:
             f"not {type(model).__name__}"
         )
     stored = _read_layers(path, layers)
+    notes: list[str] = []
+    if stored.head:  # a whole model around the ResNet: the layers after it replace Keras's top
+        layers = [layer for layer in layers if layer.name != "predictions"]
+        layers += _head_layers(stored.head, keras_head_targets(model), type(model).__name__, notes)
     state = model.state_dict()
     converted: dict[str, torch.Tensor] = {}
     folded_biases: dict[str, torch.Tensor] = {}
-    notes: list[str] = []
 
     def put(key: str, array: np.ndarray, keras_name: str) -> None:
         tensor = torch.from_numpy(np.ascontiguousarray(array))
@@ -202,8 +289,12 @@ def load_keras_weights(model: nn.Module, path: str | Path) -> list[str]:
             )
         converted[key] = tensor.to(state[key].dtype)
 
+    def bias_of(variables: dict[str, np.ndarray], prefix: str) -> np.ndarray:
+        # A Keras layer with use_bias=False onto a torch layer with a bias: a zero bias.
+        return variables.get("bias", np.zeros(tuple(state[f"{prefix}.bias"].shape), np.float32))
+
     for layer in layers:
-        if layer.name not in stored:
+        if layer.name not in stored.layers:
             if layer.kind == "dense":
                 notes.append("the file has no top (include_top=False): fc keeps its initialisation")
                 continue
@@ -211,15 +302,14 @@ def load_keras_weights(model: nn.Module, path: str | Path) -> list[str]:
                 f"Keras weights file {path} has no layer {layer.name!r}: it is not a weights file of this "
                 f"{type(model).__name__} (another depth or another architecture)"
             )
-        variables = stored[layer.name]
+        variables = stored.layers[layer.name]
         prefix = layer.module
         if layer.kind == "conv":
             put(f"{prefix}.weight", variables["kernel"].transpose(3, 2, 0, 1), layer.name)
-            if "bias" in variables:
-                if layer.bias_into_bn is not None:
-                    folded_biases[layer.bias_into_bn] = torch.from_numpy(variables["bias"])
-                else:
-                    put(f"{prefix}.bias", variables["bias"], layer.name)
+            if "bias" in variables and layer.bias_into_bn is not None:
+                folded_biases[layer.bias_into_bn] = torch.from_numpy(variables["bias"])
+            elif f"{prefix}.bias" in state:
+                put(f"{prefix}.bias", bias_of(variables, prefix), layer.name)
         elif layer.kind == "bn":
             put(f"{prefix}.weight", variables["gamma"], layer.name)
             put(f"{prefix}.bias", variables["beta"], layer.name)
@@ -227,14 +317,14 @@ def load_keras_weights(model: nn.Module, path: str | Path) -> list[str]:
             put(f"{prefix}.running_var", variables["moving_variance"], layer.name)
         else:
             kernel = variables["kernel"].T
-            if tuple(kernel.shape) != tuple(state["fc.weight"].shape):
+            if prefix == "fc" and tuple(kernel.shape) != tuple(state["fc.weight"].shape):
                 notes.append(
                     f"skipped the file's {kernel.shape[0]}-class top: the model has "
                     f"{state['fc.weight'].shape[0]} classes and keeps its fresh head"
                 )
                 continue
-            put("fc.weight", kernel, layer.name)
-            put("fc.bias", variables["bias"], layer.name)
+            put(f"{prefix}.weight", kernel, layer.name)
+            put(f"{prefix}.bias", bias_of(variables, prefix), layer.name)
 
     # BN(conv(x) + b) == BN'(conv(x)) with moving mean - b; in training the batch mean absorbs b.
     for bn_path, bias in folded_biases.items():

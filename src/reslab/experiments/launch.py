@@ -1,0 +1,543 @@
+"""Study runs and tuning workers as cluster jobs, through submitit.
+
+``reslab compare --launcher slurm`` sends each run of a study (one model, dataset,
+variant and seed) as one job; ``reslab tune --launcher slurm --jobs N`` sends N workers
+that share one Optuna study. ``--launcher local`` runs the same jobs as local processes
+(submitit's local executor), which is how this file is tested without a cluster.
+
+A job is a supervisor around one reslab command line (jobs.py): a time limit or a
+pre-emption stops the run with its state saved and submitit requeues the job, which
+resumes it. A job killed outright leaves its run folder with the last epoch checkpoint;
+running the command again with ``--retry`` resubmits it, and it resumes from there.
+
+Everything a later ``reslab compare``/``tune`` needs to show where the jobs are is on
+disk, in ``<out>/jobs/``: ``jobs.json`` (job ids and attempts), submitit's pickles and
+logs (``<job id>_0_log.err``), the job's own ``<name>.process.json`` (host and process
+ids) and, for study runs, the config each run starts from (``<name>.yaml``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from ..errors import ReslabError
+from ..runfs import atomic_write_json
+
+if TYPE_CHECKING:
+    from .jobs import ReslabJob
+
+logger = logging.getLogger(__name__)
+
+LAUNCHERS = ("local", "slurm")
+LAUNCHER_KEYS = ("name", "partition", "gpus", "time", "cpus", "mem_gb", "jobs", "sbatch", "setup", "signal_delay",
+                 "max_requeue")
+# sacct's job states, as reslab shows them
+SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESV_DEL_HOLD", "SUSPENDED"}
+SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
+LOG_TAIL_LINES = 8
+
+
+# ---------------------------------------------------------------- what a launcher is asked for
+
+
+@dataclass
+class LaunchOptions:
+    name: str  # local or slurm
+    partition: str | None = None
+    gpus: int = 0  # per job; above 1 the job runs reslab under torchrun, one process per GPU
+    time_minutes: int = 24 * 60  # the job's time limit; before it, the job saves and requeues
+    cpus: int | None = None  # per job (sbatch --cpus-per-task)
+    mem_gb: float | None = None
+    jobs: int | None = None  # compare: at most this many jobs at once; tune: this many workers
+    sbatch: dict[str, object] = field(default_factory=dict)  # any other sbatch option, e.g. {"account": "proj"}
+    setup: list[str] = field(default_factory=list)  # shell lines run before the job (module load, venv)
+    signal_delay: int = 90  # seconds between the warning signal and the time limit
+    max_requeue: int = 10  # requeues after time-outs (pre-emptions do not count)
+
+
+def launch_options(data: dict | None = None, **flags) -> LaunchOptions | None:
+    """The launcher a study or space file's ``launcher:`` section and the command-line flags
+    ask for (flags win); None when neither names one (the runs train in this process)."""
+    if isinstance(data, str):  # launcher: slurm
+        data = {"name": data}
+    if not isinstance(data, (dict, type(None))):
+        raise ReslabError("launcher: must be a mapping, e.g. {name: slurm, partition: gpu, gpus: 1, time: '24:00:00'}")
+    data = dict(data or {})
+    unknown = sorted(set(data) - set(LAUNCHER_KEYS))
+    if unknown:
+        raise ReslabError(f"unknown launcher key {unknown[0]!r}; a launcher has {', '.join(LAUNCHER_KEYS)}")
+    extra = data.get("sbatch") or {}
+    if not isinstance(extra, dict):
+        raise ReslabError("launcher key 'sbatch' must map sbatch options to values, e.g. {account: proj, qos: high}")
+    extra = {**extra, **_sbatch_pairs(flags.pop("sbatch", None) or [])}
+    setup = list(data.get("setup") or []) + list(flags.pop("setup", None) or [])
+    data.update({key: value for key, value in flags.items() if value is not None})
+    name = data.get("name")
+    if name in (None, "none"):
+        return None
+    if name not in LAUNCHERS:
+        raise ReslabError(f"launcher must be one of {', '.join(LAUNCHERS)} (or none: in this process), got {name!r}")
+    options = LaunchOptions(name=name, partition=data.get("partition"), sbatch=extra,
+                            setup=[str(line) for line in setup])
+    options.gpus = _count(data.get("gpus", 0), "gpus", 0)
+    options.cpus = _count(data["cpus"], "cpus", 1) if data.get("cpus") is not None else None
+    options.jobs = _count(data["jobs"], "jobs", 1) if data.get("jobs") is not None else None
+    options.signal_delay = _count(data.get("signal_delay", 90), "signal_delay", 1)
+    options.max_requeue = _count(data.get("max_requeue", 10), "max_requeue", 0)
+    if data.get("time") is not None:
+        options.time_minutes = minutes(data["time"])
+    if data.get("mem_gb") is not None:
+        try:
+            options.mem_gb = float(data["mem_gb"])
+        except (TypeError, ValueError):
+            raise ReslabError(f"launcher key 'mem_gb' must be a number of gigabytes, got {data['mem_gb']!r}") from None
+    if options.signal_delay >= options.time_minutes * 60:
+        raise ReslabError(f"the job's time limit ({options.time_minutes} min) must be longer than the warning "
+                          f"before it (signal_delay {options.signal_delay} s)")
+    return options
+
+
+def _count(value, key: str, least: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < least or isinstance(value, bool) or (isinstance(value, float) and value != number):
+        raise ReslabError(f"launcher key {key!r} must be a whole number of at least {least}, got {value!r}")
+    return number
+
+
+def minutes(value) -> int:
+    """A time limit as SLURM writes it (``90``, ``1:30:00``, ``2-00:00:00``) in whole minutes."""
+    text = str(value).strip()
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+    if not match or isinstance(value, bool):
+        raise ReslabError(f"a time limit must be minutes or [D-]HH:MM[:SS] (e.g. 90, 24:00:00, 2-00:00:00), "
+                          f"got {value!r}")
+    days, first, second, third = match.groups()
+    if second is None:  # plain minutes
+        total = int(first) + 24 * 60 * int(days or 0)
+    else:
+        seconds = int(third or 0)
+        total = 24 * 60 * int(days or 0) + 60 * int(first) + int(second) + (seconds + 59) // 60
+    if total < 1:
+        raise ReslabError(f"a time limit must be at least one minute, got {value!r}")
+    return total
+
+
+def _sbatch_pairs(items: list[str]) -> dict[str, object]:
+    """``--sbatch account=proj --sbatch exclusive`` (or ``--account=proj``) as sbatch options."""
+    pairs = {}
+    for item in items:
+        key, sep, value = str(item).lstrip("-").partition("=")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key):
+            raise ReslabError(f"--sbatch takes an sbatch option as KEY=VALUE (e.g. account=proj) or KEY, got {item!r}")
+        pairs[key] = value if sep else True
+    return pairs
+
+
+def _now() -> str:
+    return datetime.now().isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- executors
+
+
+def slurm_parameters(options: LaunchOptions, job_name: str) -> dict:
+    """submitit's SlurmExecutor parameters: one node and one task per job (torchrun starts
+    one process per GPU), the warning signal ``signal_delay`` seconds before the limit,
+    ``--requeue`` so that a pre-empted or failed node's job comes back."""
+    parameters = {"job_name": job_name, "time": options.time_minutes, "nodes": 1, "ntasks_per_node": 1,
+                  "signal_delay_s": options.signal_delay,
+                  "additional_parameters": {"requeue": True, **options.sbatch}}
+    if options.partition:
+        parameters["partition"] = options.partition
+    if options.gpus:
+        parameters["gpus_per_node"] = options.gpus
+    if options.cpus:
+        parameters["cpus_per_task"] = options.cpus
+    if options.mem_gb:
+        parameters["mem"] = f"{int(options.mem_gb)}GB" if options.mem_gb == int(options.mem_gb) \
+            else f"{int(options.mem_gb * 1024)}MB"
+    if options.setup:
+        parameters["setup"] = list(options.setup)
+    if options.jobs:
+        parameters["array_parallelism"] = options.jobs
+    return parameters
+
+
+def need_submitit():
+    """submitit, or one line saying how to install it (an optional dependency)."""
+    try:
+        import submitit
+    except ImportError:
+        raise ReslabError("cluster jobs need submitit: pip install 'reslab[cluster]'") from None
+    return submitit
+
+
+def make_executor(options: LaunchOptions, folder: Path, job_name: str):
+    submitit = need_submitit()
+    folder.mkdir(parents=True, exist_ok=True)
+    if options.name == "local":
+        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=options.max_requeue)
+        executor.update_parameters(timeout_min=options.time_minutes, gpus_per_node=options.gpus,
+                                   signal_delay_s=options.signal_delay, setup=list(options.setup))
+        return executor
+    try:
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=options.max_requeue)
+    except RuntimeError:
+        raise ReslabError("--launcher slurm needs SLURM's commands (srun, sbatch, sacct) on this machine; run it "
+                          "on the cluster's login node, or use --launcher local") from None
+    try:
+        executor.update_parameters(**slurm_parameters(options, job_name))
+    except ValueError as exc:
+        raise ReslabError(f"bad sbatch options: {str(exc).splitlines()[0]}") from None
+    return executor
+
+
+# ---------------------------------------------------------------- records and states
+
+
+@dataclass
+class Slot:
+    """Something a launcher keeps a job for: a study run, or a tuning worker."""
+
+    name: str
+    make_job: Callable[[], ReslabJob]
+    finished: Callable[[], bool]  # nothing left for a job to do
+    progress: Callable[[], str] = lambda: ""  # a word on a running job (e.g. "epoch 3/40")
+    check: Callable[[], None] = lambda: None  # before (re)submitting: refuse what cannot be resumed
+
+
+@dataclass
+class JobStatus:
+    name: str
+    state: str  # done, running, pending, failed, new
+    job_id: str | None = None
+    detail: str = ""
+    log_tail: list[str] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("running", "pending") and self.job_id is not None
+
+
+def read_records(folder: Path) -> dict:
+    path = Path(folder) / "jobs.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReslabError(f"{path} is not readable JSON ({str(exc)[:100]}); move it away to start the jobs "
+                          "afresh (run folders are kept)") from None
+    return data.get("jobs", {}) if isinstance(data, dict) else {}
+
+
+def _write_records(folder: Path, records: dict) -> None:
+    atomic_write_json(Path(folder) / "jobs.json", {"jobs": records})
+
+
+@contextmanager
+def _locked(folder: Path):
+    """One submitting process at a time per folder (two would submit the same runs twice)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def active_jobs(folder: Path) -> list[str]:
+    """Names of the slots in ``folder`` whose last job is still pending or running."""
+    records = read_records(folder)
+    states = slurm_states(records)
+    return [name for name, record in records.items()
+            if _job_state(record, Path(folder), states)[0] in ("running", "pending")]
+
+
+def slurm_states(records: dict) -> dict[str, str]:
+    """sacct's state of every SLURM job among ``records``, in one call (none without SLURM jobs)."""
+    job_ids = [str(r["job_id"]) for r in records.values() if r.get("launcher") == "slurm"]
+    if not job_ids:
+        return {}
+    need_submitit()
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    watcher = SlurmInfoWatcher()  # a fresh one: submitit's shared watcher keeps finished states for good
+    for job_id in job_ids:
+        watcher.register_job(job_id)
+    watcher.update()
+    return {job_id: (watcher.get_state(job_id, mode="cache") or "UNKNOWN").split()[0].upper() for job_id in job_ids}
+
+
+def slot_status(slot: Slot, record: dict | None, folder: Path, states: dict[str, str] | None = None) -> JobStatus:
+    if slot.finished():
+        return JobStatus(slot.name, "done", record.get("job_id") if record else None)
+    if record is None:
+        return JobStatus(slot.name, "new")
+    state, detail, tail = _job_state(record, folder, states or {})
+    if state == "running":
+        detail = ", ".join(part for part in (slot.progress(), detail) if part)
+    elif state == "ended":  # the job ended well but left work (a tuning worker before a larger budget)
+        state, detail = "new", "its last job ended before the work did"
+    return JobStatus(slot.name, state, record.get("job_id"), detail, tail)
+
+
+def _job_state(record: dict, folder: Path, states: dict[str, str]) -> tuple[str, str, list[str]]:
+    """(running | pending | failed | ended, detail, log tail) of a submitted job."""
+    need_submitit()
+    from submitit.core.utils import JobPaths
+
+    job_id = str(record["job_id"])
+    paths = JobPaths(folder, job_id=job_id, task_id=0)
+    cluster_state = ""
+    if record.get("launcher") == "slurm":
+        cluster_state = states.get(job_id, "UNKNOWN")
+        if cluster_state in SLURM_PENDING:
+            return "pending", f"SLURM {cluster_state}", []
+        if cluster_state in SLURM_RUNNING:
+            return "running", f"on {_host(folder, record)}" if _host(folder, record) else "", []
+        if cluster_state not in ("COMPLETED", "UNKNOWN", ""):
+            return "failed", f"SLURM {cluster_state}", _log_tail(paths)
+    elif _local_alive(job_id):
+        return "running", "", []
+    outcome = _outcome(paths)
+    if outcome is None:
+        if record.get("launcher") == "slurm" and cluster_state == "UNKNOWN":
+            return "pending", "not in sacct yet", []
+        return "failed", "it ended without a result (killed?)", _log_tail(paths)
+    kind, payload = outcome
+    if kind == "success":
+        return "ended", "", []
+    return "failed", _last_error_line(str(payload)), _log_tail(paths)
+
+
+def _host(folder: Path, record: dict) -> str:
+    path = Path(folder) / f"{record.get('name', '')}.process.json"
+    try:
+        return json.loads(path.read_text()).get("host", "")
+    except (OSError, ValueError):
+        return ""
+
+
+def _local_alive(job_id: str) -> bool:
+    """A local job's id is its controller's process id: alive, and not a zombie."""
+    try:
+        pid = int(job_id)
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child that has ended
+    except (ValueError, ChildProcessError):
+        pass
+    try:
+        os.kill(int(job_id), 0)
+    except (ValueError, ProcessLookupError, PermissionError):
+        return False
+    try:
+        status = Path(f"/proc/{int(job_id)}/stat").read_text()
+        return status.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _outcome(paths):
+    if not paths.result_pickle.exists():
+        return None
+    try:
+        from submitit.core.utils import pickle_load
+
+        return pickle_load(paths.result_pickle)
+    except Exception:  # noqa: BLE001  (a damaged result file says as little as none)
+        return ("error", "its result file is unreadable")
+
+
+def _last_error_line(traceback_text: str) -> str:
+    lines = [line.strip() for line in traceback_text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "failed"
+
+
+def _log_tail(paths, count: int = LOG_TAIL_LINES) -> list[str]:
+    for path in (paths.stderr, paths.stdout):
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - 8192))
+                text = handle.read().decode(errors="replace")
+        except OSError:
+            continue
+        lines = [line.rstrip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+        # submitit's own traceback of the job's exception repeats the detail: show what led to it
+        wrapper = [i for i, line in enumerate(lines) if "Submitted job triggered an exception" in line]
+        if wrapper and wrapper[-1] > 0:
+            lines = lines[:wrapper[-1]]
+        if lines:
+            return lines[-count:]
+    return []
+
+
+# ---------------------------------------------------------------- launching
+
+
+@dataclass
+class Launch:
+    statuses: list[JobStatus]
+    submitted: list[str]
+
+    def count(self, state: str) -> int:
+        return sum(status.state == state for status in self.statuses)
+
+    @property
+    def done(self) -> bool:
+        return all(status.state == "done" for status in self.statuses)
+
+
+def launch(slots: list[Slot], options: LaunchOptions, folder: Path, job_name: str, status_only: bool = False,
+           retry: bool = False, wait: bool = False, poll_seconds: float | None = None, log=None) -> Launch:
+    """Submit a job for every slot with work left and no live job (failed ones only with
+    ``retry``), at most ``options.jobs`` at once; with ``wait``, keep submitting as jobs
+    end until none is left running. Returns every slot's state."""
+    need_submitit()
+    log = log or logger.info
+    folder = Path(folder)
+    poll = poll_seconds if poll_seconds is not None else (1.0 if options.name == "local" else 30.0)
+    submitted_now: list[str] = []
+    with _locked(folder):
+        statuses = _submit_round(slots, options, folder, job_name, status_only, retry, submitted_now, log)
+    while wait and any(status.active for status in statuses):
+        time.sleep(poll)
+        with _locked(folder):
+            statuses = _submit_round(slots, options, folder, job_name, status_only, False, submitted_now, log)
+    return Launch(statuses, submitted_now)
+
+
+def _submit_round(slots, options, folder, job_name, status_only, retry, submitted_now, log) -> list[JobStatus]:
+    records = read_records(folder)
+    states = slurm_states(records)
+    statuses = {slot.name: slot_status(slot, records.get(slot.name), folder, states) for slot in slots}
+    wanted = [slot for slot in slots
+              if statuses[slot.name].state == "new" or (retry and statuses[slot.name].state == "failed")]
+    if status_only or not wanted:
+        return [statuses[slot.name] for slot in slots]
+    busy = sum(status.active for status in statuses.values())
+    # SLURM runs at most options.jobs of an array at once by itself (--array=...%N); locally, hold back
+    room = len(wanted) if options.jobs is None or options.name == "slurm" else max(0, options.jobs - busy)
+    chosen, held = wanted[:room], wanted[room:]
+    for slot in chosen:
+        slot.check()
+    if chosen:
+        executor = make_executor(options, folder, job_name)
+        jobs = [slot.make_job() for slot in chosen]
+        if options.name == "slurm" and len(jobs) > 1:
+            with executor.batch():  # one job array
+                handles = [executor.submit(job) for job in jobs]
+        else:
+            handles = [executor.submit(job) for job in jobs]
+        for slot, handle in zip(chosen, handles):
+            previous = records.get(slot.name, {})
+            records[slot.name] = {"name": slot.name, "job_id": str(handle.job_id), "launcher": options.name,
+                                  "attempt": previous.get("attempt", 0) + 1, "submitted": _now()}
+            statuses[slot.name] = JobStatus(slot.name, "pending", str(handle.job_id),
+                                            "submitted" + (f" again (attempt {records[slot.name]['attempt']})"
+                                                           if previous else ""))
+            submitted_now.append(slot.name)
+            log(f"{slot.name}: submitted as job {handle.job_id} ({options.name})")
+        _write_records(folder, records)
+    for slot in held:
+        statuses[slot.name] = JobStatus(slot.name, "pending", None,
+                                        f"not submitted yet: at most {options.jobs} jobs at once (--jobs); "
+                                        "submitted as others end (--wait) or when the command runs again")
+    return [statuses[slot.name] for slot in slots]
+
+
+def format_statuses(statuses: list[JobStatus]) -> str:
+    """A table of the jobs' states, with the log tail under each failed one."""
+    width = max([len(s.name) for s in statuses] + [3])
+    lines = [f"{'job':<{width}}  {'state':<8} {'id':<12} detail"]
+    for status in statuses:
+        lines.append(f"{status.name:<{width}}  {status.state:<8} {status.job_id or '-':<12} {status.detail}".rstrip())
+        if status.state == "failed":
+            lines += [f"{'':<{width}}    | {line}" for line in status.log_tail]
+    counts = {state: sum(s.state == state for s in statuses) for state in ("done", "running", "pending", "failed",
+                                                                            "new")}
+    lines.append(", ".join(f"{count} {state}" for state, count in counts.items() if count))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- a study's runs as jobs
+
+
+def study_slots(study, runs, folder: Path, gpus: int) -> list[Slot]:
+    """One slot per planned run: its job trains (or resumes) the run folder."""
+    import copy
+
+    from ..data import resolve_defaults
+    from ..train.run_folder import check_resumable
+    from .jobs import TrainJob
+    from .study import run_state
+
+    cwd = os.getcwd()
+    slots = []
+    for run in runs:
+        run_dir = run.run_dir.resolve()
+        config_file = folder / f"{run.name}.yaml"
+
+        def make_job(run=run, run_dir=run_dir, config_file=config_file):
+            config = copy.deepcopy(run.config)
+            config.output.dir = str(run_dir.parent)  # the job's working folder may differ
+            config.save(config_file)
+            return TrainJob(run.name, folder, run_dir, config_file, gpus, cwd)
+
+        def check(run=run):
+            if run_state(run.run_dir) != "new":  # the rule of train --resume, as for runs in this process
+                check_resumable(run.run_dir, resolve_defaults(copy.deepcopy(run.config)))
+
+        slots.append(Slot(run.name, make_job, finished=lambda d=run_dir: (d / "metrics.json").is_file(),
+                          progress=lambda d=run_dir, run=run: _epochs_done(d, run.config), check=check))
+    return slots
+
+
+def _epochs_done(run_dir: Path, config) -> str:
+    history = run_dir / "history.csv"
+    if not history.is_file():
+        return "starting"
+    try:
+        rows = max(0, len(history.read_text().strip().splitlines()) - 1)
+    except OSError:
+        return ""
+    return f"epoch {rows}/{config.train.epochs}" if config.train.epochs else f"{rows} epochs"
+
+
+def launch_study(study, options: LaunchOptions, status_only: bool = False, retry: bool = False, wait: bool = False,
+                 poll_seconds: float | None = None, log=None) -> tuple[list, Launch]:
+    """The runs of ``study`` as jobs; returns (planned runs, their job states). The study's
+    manifest (study.json) is written with the states, so that ``reslab report`` and a later
+    ``reslab compare`` in this process find the same runs."""
+    from .study import _write_manifest, plan
+
+    need_submitit()
+    runs = plan(study)
+    if options.gpus > 1 and any(run.config.train.device == "cpu" for run in runs):
+        raise ReslabError("train.device=cpu with --gpus above 1: torchrun would start one CPU process per GPU; "
+                          "leave train.device at auto (or cuda)")
+    folder = study.out / "jobs"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReslabError(f"cannot create study folder {study.out}: {exc.strerror}") from None
+    slots = study_slots(study, runs, folder.resolve(), options.gpus)
+    result = launch(slots, options, folder.resolve(), f"reslab-{study.name}", status_only, retry, wait,
+                    poll_seconds, log)
+    words = {"done": "finished", "running": "running", "pending": "pending", "failed": "failed", "new": "pending"}
+    _write_manifest(study, runs, {status.name: words[status.state] for status in result.statuses})
+    return runs, result

@@ -1,0 +1,286 @@
+"""Model folders in timm's and the Hugging Face hub's layout, both ways, checked against timm
+itself: timm's ResNet weights in reslab, reslab's exports in timm, hub folders as
+``model.pretrained`` and for ``reslab predict``, and ``hf-hub:`` names without a network."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from conftest import quick_config
+from reslab.checkpoint import save_checkpoint
+from reslab.cli import main
+from reslab.config import from_dict
+from reslab.data import load_splits
+from reslab.errors import ReslabError
+from reslab.inference.predict import load_model
+from reslab.models import create_model
+from reslab.models.weights.hub import create_timm_model, crop_fraction, timm_architecture
+from reslab.train.loop import train
+from reslab.train.setup import load_pretrained, pretrained_normalization
+
+# ResNet-18 is slow for a test on two cores: a few small steps are enough to have a run.
+SHORT_RESNET18 = ("model.name=resnet18", "train.epochs=1", "train.max_iters=2", "train.batch_size=16")
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _logits(model, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.eval()(x)
+
+
+def _randomize_batch_norm(model: torch.nn.Module, seed: int) -> None:
+    """Non-trivial BN statistics and affine parameters, so that a wrong mapping cannot hide."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            for tensor in (module.weight.data, module.running_var):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+            for tensor in (module.bias.data, module.running_mean):
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
+
+
+@pytest.fixture(scope="module")
+def timm_resnet50():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet50", pretrained=False, num_classes=4)
+    _randomize_batch_norm(model, seed=1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A reslab run of ResNet-18 (which timm has too) on the 1-channel 8x8 digits, a few steps,
+    exported as a hub folder with the command line."""
+    folder = tmp_path_factory.mktemp("hub")
+    result = train(quick_config(folder, "output.name=r18", *SHORT_RESNET18), progress=False)
+    model, meta = load_model(result.run_dir, "cpu")
+    hub = folder / "r18-hub"
+    assert main(["export", str(result.run_dir), "--format", "hub", "--output", str(hub)]) == 0
+    return SimpleNamespace(run_dir=result.run_dir, model=model, meta=meta, hub=hub, folder=folder)
+
+
+# ---------------------------------------------------------------- timm -> reslab
+
+
+def test_timm_resnet50_state_dict_loads_into_reslab_resnet50_with_the_same_logits(timm_resnet50):
+    ours = create_model("resnet50", num_classes=4)
+    ours.load_state_dict(timm_resnet50.state_dict(), strict=True)  # the same key names, every one
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    expected = _logits(timm_resnet50, x)
+    torch.testing.assert_close(_logits(ours, x), expected, atol=1e-4, rtol=1e-4)
+    assert expected.abs().max() > 1e-2  # logits worth comparing
+
+
+def test_a_folder_saved_by_timm_is_read_by_reslab(timm_resnet50, tmp_path, capsys):
+    # timm's own export (pytorch_model.bin by default), with labels and a 64-pixel evaluation transform.
+    folder = tmp_path / "timm-resnet50"
+    timm.models.save_for_hf(timm_resnet50, str(folder), model_config={"label_names": ["ant", "bee", "cat", "dog"]},
+                            data_config={"input_size": (3, 64, 64), "crop_pct": 0.9})
+    assert (folder / "pytorch_model.bin").is_file()
+    cfg = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
+    model, meta = load_model(folder)
+    assert (meta["model"], meta["num_classes"], meta["classes"]) == ("resnet50", 4, ["ant", "bee", "cat", "dog"])
+    assert meta["image_size"] == [64, 64] and meta["in_channels"] == 3
+    assert meta["mean"] == pytest.approx(cfg["mean"]) and meta["std"] == pytest.approx(cfg["std"])
+    preprocess = meta["preprocess"]
+    assert (preprocess["resize_size"], preprocess["center_crop"]) == (71, True)  # timm: floor(64 / 0.9), then crop
+    assert preprocess["interpolation"] == cfg["interpolation"] == "bicubic"
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(_logits(model, x), _logits(timm_resnet50, x), atol=1e-4, rtol=1e-4)
+
+    # reslab predict on the folder names timm's labels
+    Image.new("RGB", (90, 80), (200, 40, 90)).save(tmp_path / "photo.png")
+    code, out, _ = run_cli(capsys, "predict", folder, tmp_path / "photo.png", "--format", "json", "--device", "cpu")
+    assert code == 0
+    assert json.loads(out)["results"][0]["predictions"][0]["class"] in ("ant", "bee", "cat", "dog")
+
+
+def test_a_timm_folder_of_a_network_reslab_does_not_build_is_one_clear_error(tmp_path, capsys):
+    folder = tmp_path / "vit"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architecture": "vit_base_patch16_224", "num_classes": 2,
+                                                    "pretrained_cfg": {"input_size": [3, 224, 224]}}))
+    save_file({"cls_token": torch.zeros(1, 1, 8)}, str(folder / "model.safetensors"))
+    code, _, err = run_cli(capsys, "predict", folder, tmp_path, "--device", "cpu")
+    assert code == 2
+    assert err.count("\n") == 1 and "'vit_base_patch16_224' is a model reslab does not build" in err
+
+    # a timm argument that changes the network (dilation) is refused, not silently ignored
+    (folder / "config.json").write_text(json.dumps({"architecture": "resnet50", "num_classes": 2,
+                                                    "model_args": {"output_stride": 16}}))
+    with pytest.raises(ReslabError, match="output_stride"):
+        load_model(folder)
+
+
+# ---------------------------------------------------------------- reslab -> timm
+
+
+def test_export_hub_writes_timms_config_layout(run):
+    config = json.loads((run.hub / "config.json").read_text())
+    assert (run.hub / "model.safetensors").is_file()
+    assert config["architecture"] == "resnet18"  # timm's name for the same network
+    assert config["num_classes"] == 10 and config["num_features"] == 512
+    assert config["label_names"] == run.meta["classes"]
+    assert config["model_args"] == {"in_chans": 1}  # timm builds a 1-channel stem
+    cfg = config["pretrained_cfg"]
+    assert cfg["input_size"] == [1, *run.meta["image_size"]]
+    assert cfg["mean"] == pytest.approx(run.meta["mean"]) and cfg["std"] == pytest.approx(run.meta["std"])
+    assert (cfg["crop_pct"], cfg["crop_mode"], cfg["interpolation"]) == (1.0, "squash", "bilinear")  # digits squash
+    assert cfg["num_classes"] == 10 and cfg["first_conv"] == "conv1" and cfg["classifier"] == "fc"
+    assert config["reslab"]["model"] == "resnet18" and config["reslab"]["timm"] == "resnet18"
+    assert config["reslab"]["preprocess"] == run.meta["preprocess"]
+
+
+def test_timm_loads_the_exported_folder_with_the_same_logits(run):
+    loaded = timm.create_model(f"local-dir:{run.hub}", pretrained=True)  # what a timm user writes
+    assert loaded.num_classes == 10 and loaded.conv1.in_channels == 1
+    assert loaded.pretrained_cfg["mean"] == pytest.approx(run.meta["mean"])
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    expected = _logits(run.model, x)
+    torch.testing.assert_close(_logits(loaded, x), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(_logits(create_timm_model(run.hub), x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_reslab_predict_on_the_hub_folder_gives_the_runs_predictions(run, tmp_path, capsys):
+    test = load_splits(from_dict(run.meta["config"]).data).test
+    for i, image in enumerate(test.images[:12]):
+        Image.fromarray(image[0].numpy(), "L").save(tmp_path / f"{i:02d}.png")
+    answers = []
+    for source in (run.run_dir, run.hub):
+        code, out, _ = run_cli(capsys, "predict", source, tmp_path, "--format", "json", "--top-k", "2",
+                               "--device", "cpu")
+        assert code == 0
+        answers.append(json.loads(out)["results"])
+    from_run, from_hub = answers
+    assert [r["predictions"][0]["class"] for r in from_hub] == [r["predictions"][0]["class"] for r in from_run]
+    for ours, theirs in zip(from_hub, from_run):
+        assert [p["probability"] for p in ours["predictions"]] == pytest.approx(
+            [p["probability"] for p in theirs["predictions"]], abs=1e-5)
+
+
+def test_fine_tuning_starts_from_the_hub_folder(run, tmp_path):
+    # A copy whose normalization differs from the digits' own, to see it taken from the folder.
+    hub = tmp_path / "hub"
+    shutil.copytree(run.hub, hub)
+    config = json.loads((hub / "config.json").read_text())
+    config["pretrained_cfg"].update(mean=[0.25], std=[0.5])
+    (hub / "config.json").write_text(json.dumps(config))
+    settings = quick_config(tmp_path, "output.name=tuned", *SHORT_RESNET18, f"model.pretrained={hub}",
+                            "model.freeze=backbone")
+    assert pretrained_normalization(settings) == ("dataset", ([0.25], [0.5]))
+
+    result = train(settings, progress=False)
+    tuned, meta = load_model(result.run_dir)
+    assert (meta["mean"], meta["std"]) == ([0.25], [0.5])
+    hub_model, _ = load_model(hub)
+    state, start = tuned.state_dict(), hub_model.state_dict()
+    backbone = [key for key in start if not key.startswith("fc.")]
+    assert all(torch.equal(state[key], start[key]) for key in backbone)  # frozen: the folder's weights
+    assert not torch.equal(state["fc.weight"], start["fc.weight"])  # the head trained from the folder's
+
+    # another number of classes keeps a fresh head, with a note
+    other = create_model("resnet18", num_classes=3, in_channels=1)
+    notes = load_pretrained(other, str(hub))
+    assert any("skipped the file's head" in note for note in notes)
+    assert torch.equal(other.conv1.weight, start["conv1.weight"])
+
+
+def test_a_cifar_net_has_no_timm_twin_and_reslab_says_so(tmp_path, capsys):
+    torch.manual_seed(5)
+    model = create_model("resnet8", num_classes=3)
+    meta = {"model": "resnet8", "model_options": {}, "num_classes": 3, "in_channels": 3, "classes": ["a", "b", "c"],
+            "image_size": [32, 32], "mean": [0.5] * 3, "std": [0.25] * 3, "task": "single-label",
+            "temperature": 1.5}  # as reslab calibrate fitted it
+    save_checkpoint(tmp_path / "r8.pt", {"model": model.state_dict(), "meta": meta})
+    code, out, _ = run_cli(capsys, "export", tmp_path / "r8.pt", "--format", "hub", "--output", tmp_path / "r8")
+    assert code == 0 and "timm has no twin of reslab's resnet8" in out
+    config = json.loads((tmp_path / "r8" / "config.json").read_text())
+    assert config["architecture"] == "resnet8" and config["reslab"]["timm"] is None
+    with pytest.raises(ReslabError, match="timm has no twin of reslab's resnet8"):
+        create_timm_model(tmp_path / "r8")
+    with pytest.raises(RuntimeError, match="Unknown model"):  # timm by itself cannot build it either
+        timm.create_model(f"local-dir:{tmp_path / 'r8'}", pretrained=True)
+    rebuilt, rebuilt_meta = load_model(tmp_path / "r8")  # reslab rebuilds it exactly, calibration included
+    assert rebuilt_meta["temperature"] == 1.5
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(_logits(rebuilt, x), _logits(model, x))
+
+
+def test_only_the_v1_5_imagenet_nets_are_timm_twins():
+    assert timm_architecture({"model": "resnet50", "model_options": {}}) == "resnet50"
+    assert timm_architecture({"model": "resnext50_32x4d"}) == "resnext50_32x4d"
+    assert timm_architecture({"model": "resnet50", "model_options": {"stride_in": "1x1"}}) is None  # the paper's
+    assert timm_architecture({"model": "resnet50v2", "model_options": {}}) is None  # Keras's, not timm's resnetv2
+    assert timm_architecture({"model": "resnet20", "model_options": {}}) is None
+
+
+def test_crop_fraction_gives_timm_the_resize_back():
+    for image_size, resize in ((224, 256), (32, 37), (299, 342), (8, 9), (384, 438)):
+        fraction = crop_fraction(image_size, resize)
+        assert int(image_size / fraction) == resize  # timm: floor(image_size / crop_pct)
+
+
+def test_export_hub_never_writes_into_a_run_folder_or_a_foreign_folder(run, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "export", run.run_dir, "--format", "hub", "--output", run.run_dir)
+    assert code == 2 and "is a run folder" in err
+    assert not (run.run_dir / "config.json").exists()
+    foreign = tmp_path / "project"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "export", run.run_dir, "--format", "hub", "--output", foreign)
+    assert code == 2 and "holding other files (notes.txt)" in err
+    # an earlier export of reslab's is replaced
+    code, _, _ = run_cli(capsys, "export", run.run_dir, "--format", "hub", "--output", run.hub)
+    assert code == 0 and sorted(p.name for p in run.hub.iterdir()) == ["config.json", "model.safetensors"]
+
+
+# ---------------------------------------------------------------- hf-hub: names
+
+
+def test_hf_hub_name_is_fetched_with_snapshot_download(run, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = []
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None):
+        calls.append((repo_id, revision, allow_patterns))
+        return str(run.hub)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    Image.new("L", (8, 8), 128).save(tmp_path / "digit.png")
+    code, out, _ = run_cli(capsys, "predict", "hf-hub:someone/digits-r18@v1", tmp_path / "digit.png",
+                           "--format", "json", "--device", "cpu")
+    assert code == 0 and len(json.loads(out)["results"]) == 1
+    assert calls == [("someone/digits-r18", "v1", ["config.json", "model.safetensors"])]
+
+
+@pytest.mark.parametrize("network", ["offline", "unreachable"])
+def test_hf_hub_name_without_a_network_is_one_clear_error_line(network, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))  # nothing cached
+    if network == "offline":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 sets it
+    else:
+        monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    code, _, err = run_cli(capsys, "predict", "hf-hub:someone/model", tmp_path / "x.png")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("reslab: error: cannot download hf-hub:someone/model from the Hugging Face hub")
+    assert "hf download someone/model --local-dir DIR" in err
+
+    with pytest.raises(ReslabError, match="cannot download hf-hub:someone/model"):  # model.pretrained=hf-hub:...
+        load_pretrained(create_model("resnet18"), "hf-hub:someone/model")
