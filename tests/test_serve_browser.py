@@ -101,10 +101,15 @@ def test_page_shows_the_predictions_of_an_uploaded_image(page, digits_model, tmp
     assert page.find_element(By.ID, "message").text.startswith(f"digit.png: {names[0]}")
 
 
-def test_clicking_a_class_shows_its_grad_cam(page):
+def test_clicking_a_class_shows_its_grad_cam(page, tmp_path):
     from selenium.webdriver.common.by import By
 
-    second = page.find_elements(By.CSS_SELECTOR, "#predictions .bar")[1]
+    # Its own upload: under pytest-xdist this test may get a fresh page of its own.
+    pixels = np.rint(load_digits().images[1] * 255 / 16).astype(np.uint8)
+    Image.fromarray(pixels, "L").save(tmp_path / "digit1.png")
+    choose_file(page, tmp_path / "digit1.png")
+    wait_for(page, lambda d: d.find_element(By.ID, "message").text.startswith("digit1.png"))
+    second = wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#predictions .bar"))[1]
     name = second.find_element(By.CLASS_NAME, "name").text
     second.click()
     wait_for(page, lambda d: d.find_element(By.ID, "explained").text == f"Grad-CAM of “{name}”")

@@ -39,10 +39,10 @@ def _overrides(args) -> list[str]:
 
 def cmd_train(args) -> int:
     from .config import load, validate
-    from .train.loop import train
-    from .train.run_folder import load_run_config
 
     if args.resume:
+        from .train.run_folder import load_run_config
+
         if args.config:
             raise ReslabError("--config cannot be combined with --resume: a resumed run keeps its own config; "
                               "give the changes allowed (e.g. train.epochs=60) as section.key=value")
@@ -50,6 +50,8 @@ def cmd_train(args) -> int:
     else:
         config = load(args.config, _overrides(args))
     from torch.distributed.elastic.multiprocessing.errors import record
+
+    from .train.loop import train  # after the config: a bad one fails before PyTorch loads
 
     # record: under torchrun, a failing rank writes its error where torchrun reports it.
     result = record(train)(config, resume=Path(args.resume) if args.resume else None,
