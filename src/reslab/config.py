@@ -273,6 +273,19 @@ def safe_yaml(text: str):
     return yaml.load(text, Loader=_PlainLoader)  # noqa: S506  (_PlainLoader is a SafeLoader)
 
 
+def read_yaml_file(path: Path, kind: str = "config"):
+    """A YAML file's content (``safe_yaml``); an unreadable or invalid file is one error line
+    naming ``kind`` (config, study, space)."""
+    try:
+        return safe_yaml(path.read_text())
+    except FileNotFoundError:
+        raise ReslabError(f"{kind} file {path} does not exist") from None
+    except OSError as exc:
+        raise ReslabError(f"cannot read {kind} file {path}: {exc.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ReslabError(f"{kind} file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
 def _shown(value: Any, limit: int = 60) -> str:
     """A value for an error line, cut to ``limit`` characters."""
     text = repr(value)
@@ -288,14 +301,7 @@ def _read_yaml(source: str | Path) -> dict[str, Any]:
         close = difflib.get_close_matches(str(source), recipe_names(), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else f"; recipes: {', '.join(recipe_names())}"
         raise ReslabError(f"config {str(source)!r} is neither a file nor a shipped recipe{hint}")
-    try:
-        return safe_yaml(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ReslabError(f"config file {path} does not exist") from None
-    except OSError as exc:
-        raise ReslabError(f"cannot read config file {path}: {exc.strerror}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ReslabError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return read_yaml_file(path) or {}
 
 
 def _is_text_field(section, key: str) -> bool:

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
-from ..config import RunConfig, from_dict, safe_yaml, validate
+from ..config import RunConfig, from_dict, read_yaml_file, safe_yaml, validate
 from ..errors import ReslabError
 
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "int_log_uniform", "choice")
@@ -142,12 +140,7 @@ def read_space_file(source: str | Path) -> tuple[dict, str, Path | None]:
     """A space file's mapping, its default name, and its path (None for a shipped space)."""
     path = Path(source)
     if path.is_file():
-        try:
-            data = safe_yaml(path.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ReslabError(f"space file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        except OSError as exc:
-            raise ReslabError(f"cannot read space file {path}: {exc.strerror}") from None
+        data = read_yaml_file(path, "space")
         name, where = path.stem, path
     else:
         shipped = resources.files("reslab") / "recipes" / "spaces" / f"{source}.yaml"

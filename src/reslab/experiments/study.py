@@ -32,10 +32,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from ..checkpoint import epoch_checkpoints
-from ..config import RunConfig, load, safe_yaml
+from ..config import RunConfig, load, read_yaml_file, safe_yaml
 from ..data import resolve_defaults
 from ..errors import ReslabError
 from ..models import create_model
@@ -100,10 +98,7 @@ def load_study(source: str | Path, overrides: list[str] | None = None) -> Study:
     """A study from a YAML file or a shipped study name (``digits-depth``); ``overrides`` go last."""
     path = Path(source)
     if path.is_file():
-        try:
-            data = safe_yaml(path.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ReslabError(f"study file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        data = read_yaml_file(path, "study")
         default_name = path.stem
     else:
         shipped = resources.files("reslab") / "recipes" / "studies" / f"{source}.yaml"
