@@ -24,7 +24,8 @@ def train_step(forward: nn.Module, images: torch.Tensor, targets: torch.Tensor, 
     as in every framework). Under DDP only the last backward all-reduces.
     """
     optimizer.zero_grad(set_to_none=True)
-    parts = [(x, y) for x, y in zip(images.tensor_split(accumulate), targets.tensor_split(accumulate)) if len(x)]
+    parts = ([(images, targets)] if accumulate == 1 else  # the usual step: no splitting on the hot path
+             [(x, y) for x, y in zip(images.tensor_split(accumulate), targets.tensor_split(accumulate)) if len(x)])
     losses, outputs = [], []
     for index, (part, part_targets) in enumerate(parts):
         syncing = index == len(parts) - 1
