@@ -62,8 +62,10 @@ class Watch:
             if not (self.out / "study.db").is_file():
                 return None
             try:
+                # A reader: it must not race the workers to create the tables (that made A fail once).
                 self.study = optuna.load_study(study_name="space", storage=optuna.storages.RDBStorage(
-                    f"sqlite:///{self.out / 'study.db'}", engine_kwargs={"connect_args": {"timeout": 60}}))
+                    f"sqlite:///{self.out / 'study.db'}", engine_kwargs={"connect_args": {"timeout": 60}},
+                    skip_table_creation=True, skip_compatibility_check=True))
             except Exception:  # noqa: BLE001  (tables or study not there yet)
                 return None
         return self.study.get_trials(deepcopy=False)
@@ -275,52 +277,90 @@ def test_a_stopped_trial_is_queued_again_and_resumes_its_folder(tmp_path, monkey
     assert summarize(settings).rows[0]["note"].startswith("the recipe's values; stopped; resumed as trial 1")
 
 
+def _join_at_once(barrier, settings, results) -> None:
+    barrier.wait()  # every worker opens the fresh storage at the same moment
+    try:
+        study = open_study(settings)
+        results.put(("joined", study.study_name))
+    except ReslabError as exc:
+        results.put(("error", str(exc)))
+
+
+def test_workers_started_together_on_a_fresh_storage_all_join_one_study(tmp_path):
+    """Cluster workers start together: they race to create Optuna's tables and the study (without
+    the retry, 14 of 30 such openers failed here with 'table ... already exists' or a UNIQUE
+    constraint on alembic_version)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")  # the children start with everything imported
+    for round_ in range(3):
+        settings = tune_settings([str(write_space(tmp_path))], out=str(tmp_path / f"out{round_}"))
+        barrier, results = context.Barrier(6), context.Queue()
+        workers = [context.Process(target=_join_at_once, args=(barrier, settings, results)) for _ in range(6)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert [results.get(timeout=5) for _ in workers] == [("joined", "space")] * 6
+        waiting = trials_of(tmp_path / f"out{round_}")
+        assert [t.user_attrs.get("baseline") for t in waiting] == [True]  # the recipe's values queued once
+
+
 # ---------------------------------------------------------------- workers killed, restarted, shared
 
 
-def _start(space: Path, out: Path) -> subprocess.Popen:
+def _start(space: Path, out: Path, log: Path) -> subprocess.Popen:
+    """``reslab tune`` in its own process, its output in a file (a pipe nobody reads could fill and stall it)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen([sys.executable, "-m", "reslab", "tune", str(space), "--out", str(out), "--heartbeat",
-                             "1", "--no-report", "--no-progress"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    with log.open("w") as sink:
+        return subprocess.Popen([sys.executable, "-m", "reslab", "tune", str(space), "--out", str(out), "--heartbeat",
+                                 "1", "--no-report", "--no-progress"], env=env, stdout=sink,
+                                stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for(condition, what: str, timeout: float = 180):
+def _wait_for(condition, what: str, timeout: float = 300, process: subprocess.Popen | None = None,
+              log: Path | None = None):
+    """Poll ``condition`` until it returns a value; fail early, with its output, if ``process`` has ended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{what}: the process ended first (exit {process.returncode}):\n{log.read_text()}")
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}" + (f":\n{log.read_text()}" if log else ""))
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """``reslab tune`` (A) starts a study of 4 trials and is killed with SIGKILL in the middle of
-    its first trial. Then, at the same time, A is started again and a worker job is launched
+    a trial (after its first epoch). Then, at the same time, A is started again and a worker job is launched
     through the local executor (``--launcher local``): the two share the study to its end,
     and the launcher, run again, gathers it."""
     folder = tmp_path_factory.mktemp("shared")
     out = folder / "study"
     space = write_space(folder, trials=4, pruner="none", overrides=TINY + ["train.epochs=3"])
-    first, restarted, watch = _start(space, out), None, Watch(out)
+    first_log, restarted_log = folder / "first.log", folder / "restarted.log"
+    first, restarted, watch = _start(space, out, first_log), None, Watch(out)
     launcher = ["tune", str(space), "--out", str(out), "--heartbeat", "1", "--launcher", "local", "--jobs", "1"]
     try:
         def first_mid_trial():
             for trial in watch.trials() or []:
                 if trial.state == TrialState.RUNNING and "run_dir" in trial.user_attrs:
                     history = Path(trial.user_attrs["run_dir"]) / "history.csv"
-                    if history.is_file() and len(history.read_text().splitlines()) == 2:  # header + epoch 1
-                        return trial.number, history.read_text()
+                    lines = history.read_text().splitlines() if history.is_file() else []
+                    if 2 <= len(lines) < 4:  # header + epoch 1 (or 2) of 3: the trial is under way, not done
+                        return trial.number, "\n".join(lines[:2])
             return None
 
-        killed, history_then = _wait_for(first_mid_trial, "A in the middle of its first trial")
+        killed, history_then = _wait_for(first_mid_trial, "A in the middle of a trial", process=first, log=first_log)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
         submitted = main(launcher)
-        restarted = _start(space, out)
-        output = restarted.communicate(timeout=300)[0]
+        restarted = _start(space, out, restarted_log)
+        restarted.wait(timeout=300)
+        output = restarted_log.read_text()
         job_id = json.loads((out / "jobs" / "jobs.json").read_text())["jobs"]["worker-0"]["job_id"]
         _wait_for(JobPaths(out / "jobs", job_id).result_pickle.is_file, "the worker job to end")
         job = json.loads((out / "jobs" / "worker-0.process.json").read_text())

@@ -209,6 +209,10 @@ def open_study(settings: TuneSettings):
     return study
 
 
+# Attempts to open a storage whose tables another worker is creating at the same moment.
+TABLE_RACE_RETRIES = 10
+
+
 def _storage(settings: TuneSettings):
     import optuna
     import sqlalchemy.exc
@@ -223,17 +227,29 @@ def _storage(settings: TuneSettings):
         engine = {"connect_args": {"timeout": 120}}  # workers wait for each other's writes
     else:
         engine = {"pool_pre_ping": True}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # heartbeat_interval is "experimental" in Optuna
-        try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine, heartbeat_interval=settings.heartbeat,
-                grace_period=GRACE_HEARTBEATS * settings.heartbeat, heartbeat_stale_trial_callback=retry_trial)
-        except (ImportError, ModuleNotFoundError) as exc:
-            raise ReslabError(f"storage {redact(url)}: its database driver is not installed ({exc})") from None
-        except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
-            raise ReslabError(f"cannot open the study storage {redact(url)}: {str(exc).splitlines()[0][:200]}") \
-                from None
+    for attempt in range(TABLE_RACE_RETRIES + 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # heartbeat_interval is "experimental" in Optuna
+            try:
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine, heartbeat_interval=settings.heartbeat,
+                    grace_period=GRACE_HEARTBEATS * settings.heartbeat, heartbeat_stale_trial_callback=retry_trial)
+            except (ImportError, ModuleNotFoundError) as exc:
+                raise ReslabError(f"storage {redact(url)}: its database driver is not installed ({exc})") from None
+            except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
+                if attempt < TABLE_RACE_RETRIES and _lost_table_race(exc):
+                    time.sleep(0.2 * (attempt + 1))  # another worker is creating the tables: join them once made
+                    continue
+                raise ReslabError(f"cannot open the study storage {redact(url)}: "
+                                  f"{str(exc).splitlines()[0][:200]}") from None
+
+
+def _lost_table_race(exc: Exception) -> bool:
+    """Whether opening a new storage failed because another process created its tables (or
+    their version row) at the same moment: workers started together meet this, and a retry
+    finds the tables made."""
+    text = str(exc).lower()
+    return any(sign in text for sign in ("already exists", "unique constraint", "duplicate", "database is locked"))
 
 
 def _sampler(settings: TuneSettings, storage):
