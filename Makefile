@@ -48,7 +48,7 @@ real-data:
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
 
 test: setup-test browser real-data
-	$(BIN)/python -m pytest -n 2 --durations=10
+	$(BIN)/python -m pytest -n 2 --dist loadscope --durations=10
 
 study: setup
 	$(BIN)/reslab compare digits-depth

@@ -6,6 +6,9 @@ count too."""
 from __future__ import annotations
 
 import ast
+import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import reslab
@@ -109,3 +112,18 @@ def test_the_layer_walk_sees_the_imports_it_judges():
     loop = imports_of(PACKAGE / "train" / "loop.py")
     assert {"reslab.evaluate.predict", "reslab.data", "reslab.train.run_folder", "reslab.config"} <= loop
     assert layer("reslab.train.loop") > layer("reslab.evaluate.task") > layer("reslab.data.files") > layer("reslab.models")
+
+
+# Libraries that take seconds to import (scikit-learn pulls in SciPy; torchvision pulls in
+# torch._dynamo) or are optional: imported where they are used, so that a command which
+# fails on its input, or never draws or scores, does not wait for them.
+LOADED_ON_USE = ("matplotlib", "sklearn", "scipy", "optuna", "pandas", "h5py", "keras", "tensorboard", "torchvision")
+
+
+def test_no_module_loads_the_slow_or_optional_libraries_on_import():
+    names = [m.name for m in pkgutil.walk_packages(reslab.__path__, "reslab.") if m.name != "reslab.__main__"]
+    assert len(names) > 60 and "reslab.evaluate.runner" in names and "reslab.train.loop" in names
+    code = (f"import sys\nimport {', '.join(names)}\n"
+            f"print(' '.join(m for m in {LOADED_ON_USE!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == [], f"importing reslab's modules loaded {loaded}"

@@ -88,7 +88,8 @@ def test_model_options_reach_the_builder_and_wrong_ones_are_refused(tmp_path):
     from reslab import ReslabError
 
     result = train(quick_config(tmp_path, "model.name=resnet50", "model.stride_in=1x1", "train.epochs=1",
-                                "data.channels=3", "output.name=paper-stride"), progress=False)
+                                "data.channels=3", "data.train_size=256", "data.val_size=64", "data.test_size=64",
+                                "output.name=paper-stride"), progress=False)
     assert load_checkpoint(result.run_dir)["meta"]["model_options"] == {"stride_in": "1x1"}
     with pytest.raises(ReslabError, match="model .resnet8. has no option .stride_in."):
         train(quick_config(tmp_path, "model.stride_in=1x1", "output.name=no"), progress=False)

@@ -1,18 +1,23 @@
 """Making and saving figures without touching pyplot's global state: figures are built with
 matplotlib's object-oriented ``Figure`` API (no backend switch, nothing left open), so a
-notebook that trains a model keeps its own backend. Every layer that draws uses these."""
+notebook that trains a model keeps its own backend. Every layer that draws uses these.
+Matplotlib is imported on the first figure, so commands that draw nothing start without it."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from .runfs import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def new_figure(rows: int = 1, columns: int = 1, size: tuple[float, float] = (6, 4), **subplots):
     """A figure and its axes (one axis, or an array of them as ``Figure.subplots`` gives)."""
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=size)
     return figure, figure.subplots(rows, columns, **subplots)
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from ..errors import ReslabError
 
@@ -79,6 +78,8 @@ def split_count(size: float, total: int, what: str) -> int:
 
 def hold_out(data: ArrayDataset, size: float, seed: int, what: str) -> tuple[ArrayDataset, ArrayDataset | None]:
     """Split ``data`` into (rest, held-out), stratified by class, the same for the same seed."""
+    from sklearn.model_selection import train_test_split
+
     count = split_count(size, len(data), what)
     if count == 0:
         return data, None

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 
 from .arrays import ArrayDataset
 
 
 def read_digits() -> tuple[ArrayDataset, list[str]]:
+    from sklearn.datasets import load_digits
+
     bunch = load_digits()
     # Pixel values are counts 0..16 of the 4x4 blocks of the original 32x32 bitmaps.
     pixels = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)

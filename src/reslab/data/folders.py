@@ -27,7 +27,6 @@ import stat
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from ..errors import ReslabError
 from .arrays import split_count
@@ -127,6 +126,8 @@ def scan_classes(root: Path, folder: str, classes: list[str] | None, problems: l
 def split_off(images: ImageList, size: float, seed: int, what: str) -> tuple[ImageList, ImageList | None]:
     """(rest, held-out) of ``images``: ``size`` as a fraction (< 1) or a count, stratified
     by class where every class has two images or more; the same for the same seed."""
+    from sklearn.model_selection import train_test_split
+
     count = split_count(size, len(images), what)
     if count == 0:
         return images, None

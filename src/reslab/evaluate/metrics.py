@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 from torch.nn import functional as F
 
 from .calibration import calibration_metrics
@@ -17,6 +16,8 @@ from .calibration import calibration_metrics
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
     """Accuracy, error, loss, top-5, macro/weighted/per-class precision, recall, F1, confusion,
     and calibration: ECE and MCE (15 bins), NLL, Brier score and the reliability bins."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
+
     logits = logits.float().cpu()
     targets = targets.cpu()
     labels = list(range(len(classes)))

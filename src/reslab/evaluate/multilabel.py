@@ -25,12 +25,13 @@ import math
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, average_precision_score, hamming_loss
 from torch.nn import functional as F
 
 
 def multilabel_metrics(logits: torch.Tensor, targets: torch.Tensor, classes: list[str],
                        threshold: float = 0.5, top_k: int = 3) -> dict:
+    from sklearn.metrics import accuracy_score, average_precision_score, hamming_loss
+
     logits = logits.float().cpu()
     truth = (targets.float().cpu() >= 0.5).numpy()  # soft (mixed) targets count as present from 0.5
     scores = torch.sigmoid(logits).numpy()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import ConfusionMatrixDisplay
 
 from ..figures import new_figure, save_figure
 
@@ -30,6 +29,8 @@ def plot_history(history: list[dict], path: Path, title: str = "") -> None:
 
 
 def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str = "") -> None:
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     size = max(4.0, 0.45 * len(classes) + 2)
     figure, axis = new_figure(size=(size, size))
     ConfusionMatrixDisplay(np.asarray(matrix), display_labels=classes).plot(
