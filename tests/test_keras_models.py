@@ -121,8 +121,9 @@ def resnet50_files(keras, tmp_path_factory):
     model.save(folder / "model.h5")
     model.save_weights(folder / "model.weights.h5")
     base.save(folder / "backbone.keras")
-    x = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype("float32")
-    return SimpleNamespace(folder=folder, x=x, expected=_outputs(model, x), features=_outputs(base, x))
+    rgb = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype("float32")
+    bgr = np.ascontiguousarray(rgb[..., ::-1])  # Keras V1 reads BGR; the loaded reslab model reads RGB
+    return SimpleNamespace(folder=folder, x=rgb, expected=_outputs(model, bgr), features=_outputs(base, bgr))
 
 
 @pytest.fixture(scope="module")

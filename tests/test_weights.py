@@ -12,6 +12,8 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
+from reslab.config import load
+from reslab.data.normalization import Normalizer, normalization_stats
 from reslab.errors import ReslabError
 from reslab.models import create_model
 from reslab.models.preact import resnet101v2, resnet152v2
@@ -21,8 +23,7 @@ from reslab.models.weights import (
     load_torchvision_weights,
     read_weights_file,
 )
-
-
+from reslab.train.setup import pretrained_normalization
 
 
 # Keras's torch backend converts tensors with np.array(x), which numpy 2 warns about, thousands of times.
@@ -131,11 +132,22 @@ def test_keras_v1_resnet50_loads_into_the_paper_stride_resnet50(keras, tmp_path)
     _randomize(model, seed=5)
     path = tmp_path / "resnet50.weights.h5"
     model.save_weights(path)
-    x = np.random.default_rng(6).normal(size=(2, 64, 64, 3)).astype("float32")
     ours = create_model("resnet50", num_classes=10, stride_in="1x1")
     notes = load_keras_weights(ours, path)
     assert any("folded" in note for note in notes)  # Keras V1 conv biases, folded into BN
-    np.testing.assert_allclose(_reslab_output(ours, x), _keras_output(model, x), atol=1e-4, rtol=1e-4)
+    # The same pixels through each library's own preprocessing: Keras's caffe mode (BGR, means off on
+    # 0-255) and reslab's RGB pipeline with the normalization data.normalization=auto picks.
+    def auto(name):
+        return pretrained_normalization(load("demo-digits", [f"model.pretrained={path}", f"model.name={name}"]))[0]
+
+    assert (auto("resnet50"), auto("resnet50v2"), auto("resnet152v2_report000")) == ("caffe", "inception", "inception")
+    pixels = np.random.default_rng(6).integers(0, 256, size=(2, 64, 64, 3), dtype=np.uint8)
+    keras_input = keras.applications.resnet50.preprocess_input(pixels.astype("float32"))
+    mean, std = normalization_stats("caffe", 3)
+    ours_input = Normalizer(mean, std)(torch.from_numpy(pixels).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    expected = _keras_output(model, keras_input)
+    np.testing.assert_allclose(_reslab_output(ours, ours_input), expected, atol=1e-4 * np.abs(expected).max(),
+                               rtol=1e-4)
     with pytest.raises(ReslabError, match="stride_in='1x1'"):
         load_keras_weights(create_model("resnet50"), path)
 

@@ -50,8 +50,9 @@ class DataConfig:
     test_size: float = 0.2  # datasets without an official test split (digits): the held-out part
     train_size: float | None = None  # train on a stratified subset of this many images (a fraction if < 1); None: all
     split_seed: int = 0  # the train/val/test split; fixed across training seeds so runs compare
-    # auto: the pretrained weights' own (imagenet for torchvision, inception [-1, 1] for Keras .h5), else dataset
-    normalization: Literal["auto", "dataset", "imagenet", "inception", "none"] = "auto"  # dataset: train split's
+    # auto: the pretrained weights' own (imagenet for torchvision; Keras files: inception [-1, 1] for V2,
+    # caffe (ImageNet means on 0-255, no scaling) for V1), else dataset
+    normalization: Literal["auto", "dataset", "imagenet", "inception", "caffe", "none"] = "auto"  # dataset: train split's
     image_size: int | None = None  # the model's square input: in-memory data is resized to it (e.g. 224 for
     #                                ImageNet backbones); file data is cropped to it (None: 224, COCO 448)
     channels: int | None = None  # 3 repeats grayscale images into RGB (for RGB-pretrained backbones)

@@ -9,16 +9,22 @@ import torch
 from ..errors import ReslabError
 
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+# Keras V1 ResNets' "caffe" preprocessing: the ImageNet means (R, G, B) subtracted on the 0-255
+# scale, no division. Keras also swaps RGB to BGR; reslab reverses the stem conv's input
+# channels when it loads those weights instead, so images stay RGB everywhere.
+CAFFE_STATS = ([123.68 / 255, 116.779 / 255, 103.939 / 255], [1 / 255] * 3)
 
 
 def normalization_stats(kind: str, channels: int, dataset_stats: tuple[list[float], list[float]] | None = None
                         ) -> tuple[list[float], list[float]]:
-    """(mean, std) of ``data.normalization``: ``imagenet``, ``inception`` ([-1, 1]), ``none``,
-    or ``dataset``/``auto``: ``dataset_stats`` (the training split's), ImageNet's without them."""
-    if kind == "imagenet" or (kind in ("auto", "dataset") and dataset_stats is None):
+    """(mean, std) of ``data.normalization``: ``imagenet``, ``inception`` ([-1, 1]), ``caffe``
+    (Keras V1), ``none``, or ``dataset``/``auto``: ``dataset_stats`` (the training split's),
+    ImageNet's without them."""
+    if kind in ("imagenet", "caffe") or (kind in ("auto", "dataset") and dataset_stats is None):
         if channels != 3:
-            raise ReslabError("data.normalization=imagenet needs RGB images; set data.channels=3")
-        return IMAGENET_STATS
+            shown = "caffe" if kind == "caffe" else "imagenet"
+            raise ReslabError(f"data.normalization={shown} needs RGB images; set data.channels=3")
+        return CAFFE_STATS if kind == "caffe" else IMAGENET_STATS
     if kind == "inception":
         return [0.5] * channels, [0.5] * channels
     if kind == "none":

@@ -50,15 +50,17 @@ def load_pretrained(model: nn.Module, source: str) -> list[str]:
 
 def pretrained_normalization(config: RunConfig) -> tuple[str, tuple[list[float], list[float]] | None]:
     """The normalization ``data.normalization=auto`` means: what the pretrained weights
-    expect (Keras ResNet V2 files: [-1, 1]; a reslab checkpoint or a hub folder: its own
-    statistics; other PyTorch weights: ImageNet's), or without weights the dataset's own."""
+    expect (Keras files: [-1, 1] for the V2 nets, Keras's ``caffe`` means for V1; a reslab
+    checkpoint or a hub folder: its own statistics; other PyTorch weights: ImageNet's), or
+    without weights the dataset's own."""
     from ..models.weights.hub import hub_normalization, is_hub_source
+    from ..models.weights.keras_weights import keras_preprocessing
 
     kind, source = config.data.normalization, config.model.pretrained
     if kind != "auto" or not source:
         return kind, None
     if source.endswith(KERAS_SUFFIXES):
-        return "inception", None
+        return keras_preprocessing(config.model.name), None
     if is_hub_source(source):
         return "dataset", hub_normalization(source)
     if Path(source).exists():

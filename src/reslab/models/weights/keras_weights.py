@@ -26,8 +26,11 @@ before a BN is folded exactly into its moving mean (mean - b), and the BN epsilo
 to Keras's 1.001e-5.
 
 Conv kernels go from Keras's (H, W, in, out) to torch's (out, in, H, W), dense kernels
-from (in, out) to (out, in). Inputs must be preprocessed as for Keras: ResNetV2 takes RGB
-scaled to [-1, 1]; V1 takes BGR with the ImageNet means subtracted (``caffe`` mode).
+from (in, out) to (out, in). ResNetV2 takes RGB scaled to [-1, 1] (``inception``). V1 takes
+BGR with the ImageNet means subtracted on the 0-255 scale (Keras's ``caffe`` mode); the loaded
+model takes RGB instead, because the stem conv's input channels are reversed on loading, so
+the one RGB pipeline with ``data.normalization=caffe`` gives Keras's numbers
+(``keras_preprocessing`` says which a model name needs).
 """
 
 from __future__ import annotations
@@ -54,6 +57,15 @@ KERAS3_VARIABLES = {
     "bn": ("gamma", "beta", "moving_mean", "moving_variance"),
     "dense": ("kernel", "bias"),
 }
+
+
+# The reslab models Keras V1 weights load into (built with stride_in="1x1").
+KERAS_V1_MODELS = ("resnet50", "resnet101", "resnet152")
+
+
+def keras_preprocessing(model_name: str) -> str:
+    """The ``data.normalization`` Keras weights for ``model_name`` were trained with."""
+    return "caffe" if model_name in KERAS_V1_MODELS else "inception"
 
 
 @dataclass(frozen=True)
@@ -335,5 +347,8 @@ def load_keras_weights(model: nn.Module, path: str | Path) -> list[str]:
             if isinstance(module, nn.BatchNorm2d):
                 module.eps = KERAS_BN_EPSILON
         notes.append(f"folded {len(folded_biases)} Keras conv biases into the BN moving means; BN epsilon 1.001e-5")
+    if isinstance(model, ImageNetResNet):  # Keras V1 reads BGR: the same conv over RGB has its inputs reversed
+        converted["conv1.weight"] = converted["conv1.weight"].flip(1)
+        notes.append("reversed the stem conv's input channels: the model takes RGB with data.normalization=caffe")
     model.load_state_dict(converted, strict=False)
     return notes
