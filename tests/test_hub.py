@@ -171,6 +171,28 @@ def test_reslab_predict_on_the_hub_folder_gives_the_runs_predictions(run, tmp_pa
             [p["probability"] for p in theirs["predictions"]], abs=1e-5)
 
 
+def test_reslab_evaluate_on_the_hub_folder_gives_the_runs_test_metrics(run, tmp_path, capsys):
+    from reslab.evaluate.runner import evaluate_checkpoint
+
+    ours, theirs = (evaluate_checkpoint(source, device="cpu") for source in (run.hub, run.run_dir))
+    assert (ours["dataset"], ours["trained_on"]) == ("digits", "digits")  # from the folder's config.json
+    assert ours["test"]["confusion_matrix"] == theirs["test"]["confusion_matrix"]
+    assert ours["test"]["samples"] == theirs["test"]["samples"] > 300
+    assert ours["test"]["loss"] == pytest.approx(theirs["test"]["loss"], abs=1e-5)
+    # A folder that does not name its dataset (timm's never do) needs --data; robustness needs a run.
+    anonymous = tmp_path / "anonymous"
+    shutil.copytree(run.hub, anonymous)
+    config = json.loads((anonymous / "config.json").read_text())
+    del config["reslab"]["dataset"]
+    (anonymous / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(capsys, "evaluate", anonymous, "--device", "cpu")
+    assert code == 2 and "give --data" in err and len(err.strip().splitlines()) == 1
+    code, out, _ = run_cli(capsys, "evaluate", anonymous, "--data", "digits", "--device", "cpu")
+    assert code == 0 and f"{theirs['test']['accuracy']:.4f}" in out
+    code, _, err = run_cli(capsys, "evaluate", run.hub, "--corruptions", "fog", "--device", "cpu")
+    assert code == 2 and "hub folder" in err and len(err.strip().splitlines()) == 1
+
+
 def test_fine_tuning_starts_from_the_hub_folder(run, tmp_path):
     # A copy whose normalization differs from the digits' own, to see it taken from the folder.
     hub = tmp_path / "hub"

@@ -75,6 +75,11 @@ def cmd_evaluate(args) -> int:
     if args.output:
         check_output_file(Path(args.output))
     settings = _robustness_settings(args)  # bad flags fail before the evaluation
+    if settings is not None:
+        from .models.weights.hub import is_hub_source
+
+        if is_hub_source(args.checkpoint):
+            raise ReslabError(f"{args.checkpoint} is a hub folder: --corruptions takes a run folder or checkpoint")
     metrics = evaluate_checkpoint(Path(args.checkpoint), data=args.data, data_root=args.data_root, split=args.split,
                                   device=args.device, model=args.model)
     _print_metrics(metrics)
@@ -368,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a saved checkpoint or run folder")
-    evaluate.add_argument("checkpoint", help="a run folder (uses its best checkpoint) or a .pt file")
+    evaluate.add_argument("checkpoint", help="a run folder (uses its best checkpoint), a .pt file, or a hub folder or hf-hub:org/name (give --data unless it names its dataset)")
     evaluate.add_argument("--data", help="dataset name (default: the one it was trained on)")
     evaluate.add_argument("--data-root", help="where the dataset is (default: as in training)")
     evaluate.add_argument("--split", choices=("test", "val"), default="test")

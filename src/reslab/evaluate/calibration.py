@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from ..checkpoint import best_or_last
 from ..errors import ReslabError
 from ..figures import new_figure, save_figure
+from ..models.weights.hub import is_hub_source
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +184,10 @@ def checkpoint_digest(path: Path) -> str:
 
 
 def resolve_checkpoint(checkpoint: Path) -> tuple[Path, Path | None]:
-    """(the checkpoint file, its run folder or None) for a run folder or a .pt path."""
+    """(the checkpoint file, its run folder or None) for a run folder or a .pt path; a hub
+    folder is its own file, outside any run."""
+    if is_hub_source(str(checkpoint)):
+        return Path(checkpoint), None
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
         return best_or_last(checkpoint), checkpoint

@@ -40,10 +40,11 @@ from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption_name
 from ..data.normalization import Normalizer
 from ..errors import ReslabError
 from ..figures import new_figure, save_figure
+from ..models.weights.hub import is_hub_source
 from ..runfs import atomic_write_json, atomic_write_text
 from .calibration import calibration_metrics, checkpoint_digest, resolve_checkpoint
 from .predict import predict
-from .runner import LoadedCheckpoint, load_for_evaluation
+from .runner import LoadedCheckpoint, load_for_evaluation, trained_on
 
 logger = logging.getLogger(__name__)
 
@@ -220,12 +221,14 @@ def robustness_of_checkpoint(checkpoint: Path | str, settings: RobustnessSetting
     """A checkpoint's (or run folder's) corruption errors per ``settings``, reusing the cells
     its run folder's robustness.json already holds for the same checkpoint and images, and
     (``write``) writing robustness.json/.md/.png into the run folder."""
+    if is_hub_source(str(checkpoint)):
+        raise ReslabError(f"{checkpoint} is a hub folder: the corruption evaluation takes a run folder or checkpoint")
     path, run_dir = resolve_checkpoint(Path(checkpoint))
     if not path.is_file():
         raise ReslabError(f"checkpoint {path} does not exist")
     digest = checkpoint_digest(path)
     meta = load_checkpoint(path)["meta"]
-    model, dataset = meta["model"], data or meta["config"].get("data", {}).get("name")
+    model, dataset = meta["model"], data or trained_on(meta)
     key = settings.key(split, dataset)
     cached = _cached(run_dir, digest, key)
     wanted = [(n, s) for n in settings.corruptions for s in settings.severities]

@@ -14,6 +14,7 @@ from ..data import DataBundle, build_data
 from ..device import resolve_device
 from ..errors import ReslabError
 from ..models import model_from_meta
+from ..models.weights.hub import is_hub_source, load_hub_model
 from ..precision import resolve_precision
 from .calibration import calibration_metrics, plot_reliability, read_calibration, resolve_checkpoint
 from .predict import predict
@@ -62,7 +63,12 @@ def load_for_evaluation(path: Path, data: str | None = None, data_root: str | No
     """A checkpoint ready to evaluate as its run evaluated: in its precision, memory format,
     test-time augmentation and evaluation batch size. A precision the device cannot run
     (fp16 on a CPU) falls back to fp32, and ``note`` says so. ``weights="ema"`` takes the
-    averaged weights an epoch checkpoint of a run with ``train.ema`` holds."""
+    averaged weights an epoch checkpoint of a run with ``train.ema`` holds. A hub folder
+    (``reslab export --format hub``, timm's, ``hf-hub:``) has no run config: its data
+    settings come from its preprocessing, in fp32, and ``data`` is needed unless the
+    folder names the dataset it was trained on."""
+    if is_hub_source(str(path)):
+        return _load_hub_for_evaluation(str(path), data, data_root, device, model, batch_size)
     path = Path(path)
     state = load_checkpoint(path)
     meta = state["meta"]
@@ -79,6 +85,46 @@ def load_for_evaluation(path: Path, data: str | None = None, data_root: str | No
     note = None
     if precision == "fp16" and target.type == "cpu":
         precision, note = "fp32", "trained in fp16, which the CPU does not run: evaluated in fp32"
+
+    def network():
+        built = model_from_meta(meta)
+        load_weights(built, _weights(state, weights, path), path)
+        return built
+
+    file = best_or_last(path) if path.is_dir() else path
+    return _assemble(file, meta, config, network, target, precision, note, batch_size)
+
+
+def _load_hub_for_evaluation(source: str, data: str | None, data_root: str | None, device: str,
+                             model: str | None, batch_size: int | None) -> LoadedCheckpoint:
+    network, meta = load_hub_model(source)
+    if model is not None and meta["model"] != model:
+        raise ReslabError(f"{source} holds {meta['model']}, not {model}")
+    dataset = data or meta.get("dataset")
+    if not dataset:
+        raise ReslabError(f"{source} does not say which dataset it was trained on: give --data (and --data-root)")
+    config = RunConfig()
+    config.data.name = dataset
+    if data_root is not None:
+        config.data.root = data_root
+    preprocess = meta.get("preprocess") or {}
+    config.data.channels = meta["in_channels"]
+    config.data.image_size = preprocess.get("image_size") or meta["image_size"][0]
+    for key in ("resize_size", "center_crop", "interpolation"):
+        if preprocess.get(key) is not None:
+            setattr(config.data, key, preprocess[key])
+    config.train.precision = "fp32"
+    try:
+        validate(config)
+    except ReslabError as exc:
+        raise ReslabError(f"{source} on {dataset}: {exc}") from None
+    return _assemble(Path(source), meta, config, lambda: network, resolve_device(device), "fp32", None, batch_size)
+
+
+def _assemble(file: Path, meta: dict, config: RunConfig, network, target: torch.device, precision: str,
+              note: str | None, batch_size: int | None) -> LoadedCheckpoint:
+    """The data loaders of ``config`` in the checkpoint's normalization, checked against the
+    network's classes and channels, and ``network()`` on the device."""
     batch_size = batch_size or config.train.eval_batch_size
     channels_last = config.train.channels_last
     bundle = build_data(config.data, config.augment, device=target, batch_size=batch_size, eval_batch_size=batch_size,
@@ -86,22 +132,24 @@ def load_for_evaluation(path: Path, data: str | None = None, data_root: str | No
     try:
         if bundle.num_classes != meta["num_classes"] or bundle.in_channels != meta["in_channels"]:
             raise ReslabError(
-                f"{path} was trained on {meta['num_classes']} classes of {meta['in_channels']}-channel images; "
+                f"{file} was trained on {meta['num_classes']} classes of {meta['in_channels']}-channel images; "
                 f"{config.data.name} has {bundle.num_classes} classes of {bundle.in_channels}-channel images"
             )
-        network = model_from_meta(meta)
-        load_weights(network, _weights(state, weights, path), path)
-        network.to(target)
+        built = network()
+        built.to(target)
         if channels_last:
-            network.to(memory_format=torch.channels_last)
+            built.to(memory_format=torch.channels_last)
     except BaseException:
         for each in bundle.loaders():
             getattr(each, "close", lambda: None)()
         raise
-    file = best_or_last(path) if path.is_dir() else path
-    return LoadedCheckpoint(file, meta, config, network, bundle, Task(bundle.task, bundle.classes,
-                                                                         config.train.threshold),
+    return LoadedCheckpoint(file, meta, config, built, bundle, Task(bundle.task, bundle.classes, config.train.threshold),
                             target, precision, note)
+
+
+def trained_on(meta: dict) -> str | None:
+    """The dataset a checkpoint's model was trained on (a hub folder may not say)."""
+    return (meta.get("config") or {}).get("data", {}).get("name") or meta.get("dataset")
 
 
 def evaluate_checkpoint(path: Path, data: str | None = None, data_root: str | None = None, split: str = "test",
@@ -118,7 +166,7 @@ def evaluate_checkpoint(path: Path, data: str | None = None, data_root: str | No
         stored = None if loaded.task.multi_label else read_calibration(Path(path))
     result = {"model": loaded.meta["model"], "dataset": loaded.config.data.name, "split": split,
               "checkpoint": str(path), "checkpoint_file": str(loaded.path),
-              "trained_on": loaded.meta["config"].get("data", {}).get("name"), "precision": loaded.precision,
+              "trained_on": trained_on(loaded.meta), "precision": loaded.precision,
               split: metrics}
     if stored is not None:
         calibrated = calibration_metrics(logits, targets, stored["temperature"])
