@@ -84,3 +84,13 @@ def quick_config(tmp_path: Path, *overrides: str):
     """A digits run small enough for a unit test (a few seconds on two cores)."""
     return load("demo-digits", [f"output.dir={tmp_path / 'runs'}", "train.epochs=2", "model.name=resnet8",
                                 "train.batch_size=128", *overrides])
+
+
+@pytest.fixture(scope="module")
+def keras():
+    """Keras 3 on the torch backend (no TensorFlow). A test dependency: missing, tests fail."""
+    os.environ["KERAS_BACKEND"] = "torch"
+    import keras
+
+    assert keras.backend.backend() == "torch"
+    return keras

@@ -5,7 +5,6 @@ weight names) and as ``.weights.h5``; checked against Keras itself (torch backen
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,16 +23,6 @@ from test_weights import _reslab_output as _reslab_outputs
 
 # Keras's torch backend converts tensors with np.array(x), which numpy 2 warns about, thousands of times.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
-
-
-@pytest.fixture(scope="module")
-def keras():
-    """Keras 3 on the torch backend (no TensorFlow). A test dependency: missing, tests fail."""
-    os.environ["KERAS_BACKEND"] = "torch"
-    import keras
-
-    assert keras.backend.backend() == "torch"
-    return keras
 
 
 def _zero(model) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import urllib.error
 
 import h5py
@@ -30,16 +29,6 @@ from reslab.train.setup import pretrained_normalization
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
 # --- Keras applications ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def keras():
-    """Keras 3 on the torch backend (no TensorFlow). A test dependency: missing, tests fail."""
-    os.environ["KERAS_BACKEND"] = "torch"
-    import keras
-
-    assert keras.backend.backend() == "torch"
-    return keras
 
 
 def _randomize(keras_model, seed: int = 0) -> None:

@@ -248,8 +248,8 @@ def _lost_table_race(exc: Exception) -> bool:
     """Whether opening a new storage failed because another process created its tables (or
     their version row) at the same moment: workers started together meet this, and a retry
     finds the tables made."""
-    text = str(exc).lower()
-    return any(sign in text for sign in ("already exists", "unique constraint", "duplicate", "database is locked"))
+    text = str(exc).lower()  # not "database is locked": SQLite has already waited its 120 s timeout for that
+    return any(sign in text for sign in ("already exists", "unique constraint", "duplicate"))
 
 
 def _sampler(settings: TuneSettings, storage):
