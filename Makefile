@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup setup-test browser real-data demo test study bench time-to-accuracy constraints clean
+.PHONY: setup setup-test browser real-data demo test test-fast test-isa study bench time-to-accuracy constraints clean
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,17 @@ real-data:
 
 test: setup-test browser real-data
 	$(BIN)/python -m pytest -n 2 --dist loadscope --durations=10
+
+# Daily work: the suite without its slow end-to-end runs, torchrun, the browser and real data.
+test-fast: setup-test
+	$(BIN)/python -m pytest -n 2 --dist loadscope -m "not slow and not distributed and not browser and not real_data"
+
+# The numerically sensitive tests twice: with this CPU's own kernels, then with AVX2 ones (as
+# on a CPU without AVX-512/AMX). On an AVX2-only CPU both passes use the same kernels.
+AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+test-isa: setup-test real-data
+	$(BIN)/python -m pytest -n 2 --dist loadscope -m numerics
+	$(AVX2) $(BIN)/python -m pytest -n 2 --dist loadscope -m numerics
 
 study: setup
 	$(BIN)/reslab compare digits-depth

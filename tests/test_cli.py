@@ -183,3 +183,26 @@ def test_result_files_follow_the_umask_not_mkstemps_0600(trained_run):
     os.umask(umask)
     for name in ("metrics.json", "config.yaml", "checkpoints/best.pt"):
         assert (trained_run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+@pytest.mark.parametrize("argv, field, expected", [
+    (["tune", "digits", "--trials", "4", "train.threads=1"], "items", ["digits", "train.threads=1"]),
+    (["compare", "digits-depth", "--epochs", "2", "train.threads=1", "--no-report", "data.val_size=0"], "items",
+     ["digits-depth", "train.threads=1", "data.val_size=0"]),
+    (["train", "optim.lr=0.2", "--epochs", "3", "train.threads=1", "--name", "x", "augment.hflip=false"],
+     "overrides", ["optim.lr=0.2", "train.threads=1", "augment.hflip=false"]),
+])
+def test_overrides_are_taken_anywhere_on_the_line(argv, field, expected):
+    from reslab.cli import parse_args
+
+    assert getattr(parse_args(argv), field) == expected
+
+
+def test_a_stray_word_is_still_refused_by_every_command(capsys):
+    from reslab.cli import parse_args
+
+    for argv in (["tune", "digits", "--trials", "4", "stray"], ["evaluate", "run", "train.threads=1"]):
+        with pytest.raises(SystemExit) as exit_:
+            parse_args(argv)
+        assert exit_.value.code == 2
+        assert "unrecognized arguments" in capsys.readouterr().err

@@ -23,6 +23,8 @@ from reslab.train.loop import train
 from reslab.train.observers import Observer
 from reslab.train.step import train_step
 
+pytestmark = pytest.mark.numerics  # outputs compared across kernels: run with both ISAs
+
 
 def history_rows(run_dir) -> list[dict]:
     with open(run_dir / "history.csv") as file:

@@ -26,6 +26,8 @@ from reslab.models.weights.hub import create_timm_model, crop_fraction, timm_arc
 from reslab.train.loop import train
 from reslab.train.setup import load_pretrained, pretrained_normalization
 
+pytestmark = pytest.mark.numerics  # outputs compared across kernels: run with both ISAs
+
 # ResNet-18 is slow for a test on two cores: a few small steps are enough to have a run.
 SHORT_RESNET18 = ("model.name=resnet18", "train.epochs=1", "train.max_iters=2", "train.batch_size=16")
 

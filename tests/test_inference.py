@@ -31,6 +31,8 @@ from reslab.models import StagedModel
 from reslab.evaluate.predict import predict
 from reslab.train.loop import train
 
+pytestmark = pytest.mark.numerics  # outputs compared across kernels: run with both ISAs
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

@@ -22,7 +22,8 @@ from test_weights import _randomize
 from test_weights import _reslab_output as _reslab_outputs
 
 # Keras's torch backend converts tensors with np.array(x), which numpy 2 warns about, thousands of times.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
+              pytest.mark.numerics]  # Keras-parity tolerances: run with both ISAs
 
 
 def _zero(model) -> None:

@@ -12,6 +12,8 @@ from reslab.evaluate.runner import evaluate_checkpoint
 from reslab.checkpoint import epoch_checkpoints
 from reslab.train.loop import train
 
+pytestmark = [pytest.mark.real_data, pytest.mark.slow, pytest.mark.numerics]
+
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 

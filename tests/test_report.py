@@ -340,3 +340,57 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["compare"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("reslab: error:")]
     assert len(errors) == 3
+
+
+# ---------------------------------------------------------------- damaged folders, default output
+
+
+def _copy_of(study, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(study.out, tmp_path / "study", ignore=shutil.ignore_patterns("*.pt", "report")))
+
+
+@pytest.mark.parametrize("manifest, fragment", [
+    ("{not json", "is not valid JSON"),
+    ("[1, 2]", "a JSON object was expected"),
+    ('{"runs": {"name": "x"}}', "must be a list of objects"),
+    ('{"runs": [{"name": "../elsewhere"}]}', "not a folder inside the study"),
+    ('{"runs": [{"name": "/tmp"}]}', "not a folder inside the study"),
+])
+def test_a_damaged_study_manifest_is_one_error_line(study, tmp_path, capsys, manifest, fragment):
+    folder = _copy_of(study, tmp_path)
+    (folder / "study.json").write_text(manifest)
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reslab: error: study manifest") and fragment in err and err.count("\n") == 1, err
+    assert not (folder / "report").exists()  # nothing written for input that was refused
+
+
+@pytest.mark.parametrize("description", ["{not json", '"sizes"', "\xff\xfe"])
+def test_a_damaged_dataset_description_is_one_error_line(study, tmp_path, capsys, description):
+    folder = _copy_of(study, tmp_path)
+    for name in RUN_NAMES:
+        (folder / name / "dataset.json").write_text(description, errors="surrogateescape")
+    assert main(["report", str(folder), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reslab: error: dataset description") and err.count("\n") == 1, err
+
+
+def test_a_damaged_run_config_is_one_error_line(study, tmp_path, capsys):
+    folder = _copy_of(study, tmp_path)
+    (folder / RUN_NAMES[0] / "config.yaml").write_text("train: [unclosed")
+    assert main(["report", str(folder), "--out", str(tmp_path / "report")]) == 2
+    assert capsys.readouterr().err.startswith("reslab: error: run config file")
+    (folder / RUN_NAMES[0] / "config.yaml").write_text("train: 5\n")
+    assert main(["report", str(folder), "--out", str(tmp_path / "report")]) == 2
+    assert "is damaged" in capsys.readouterr().err
+
+
+def test_a_report_goes_into_the_folder_by_default(study, tmp_path, capsys):
+    folder = _copy_of(study, tmp_path)
+    assert main(["report", str(folder / RUN_NAMES[0])]) == 0
+    assert (folder / RUN_NAMES[0] / "report" / "report.md").is_file()
+    capsys.readouterr()
+    assert main(["report", str(folder / RUN_NAMES[0]), str(folder / RUN_NAMES[1])]) == 2
+    assert "give --out" in capsys.readouterr().err

@@ -521,6 +521,8 @@ def test_a_restarted_study_gives_its_interrupted_runs_a_new_device_and_data_root
 # ---------------------------------------------------------------- 13. global batch norm, compiled
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_global_batch_norm_compiles_under_two_processes(tmp_path):
     common = ["--config", "demo-digits", "--model", "resnet8", "--epochs", "1", "train.batch_size=128",
               "train.sync_bn=true", "train.compile=true", "train.max_iters=3", "data.val_size=0", "--no-progress",

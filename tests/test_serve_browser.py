@@ -20,6 +20,8 @@ from reslab.inference.predict import probabilities
 from reslab.inference.server import make_server
 from reslab.models import create_model
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1000,800"]
 SETUP = "apt-get install -y chromium chromium-driver; pip install selenium"

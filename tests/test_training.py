@@ -13,6 +13,8 @@ from reslab.checkpoint import epoch_checkpoints, load_checkpoint
 from reslab.train.loop import train
 from reslab.train.run_folder import load_run_config
 
+pytestmark = pytest.mark.numerics  # outputs compared across kernels: run with both ISAs
+
 
 def test_resnet20_reaches_95_percent_on_digits(tmp_path):
     config = load("demo-digits", [f"output.dir={tmp_path}", "train.epochs=15", "train.seed=1"])

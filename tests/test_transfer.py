@@ -11,6 +11,8 @@ from reslab.checkpoint import load_checkpoint
 from reslab.data.normalization import IMAGENET_STATS
 from reslab.train.loop import train
 
+pytestmark = pytest.mark.numerics  # outputs compared across kernels: run with both ISAs
+
 
 @pytest.fixture(scope="module")
 def torchvision_file(tmp_path_factory):

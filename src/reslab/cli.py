@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -23,7 +24,8 @@ FLAG_KEYS = {
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a YAML file or a shipped recipe name (`reslab recipes`)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="any config key, e.g. train.epochs=30 optim.name=adam")
+                        help="any config key, e.g. train.epochs=30 optim.name=adam (anywhere on the line)")
+    parser.set_defaults(overrides_into="overrides")
     group = parser.add_argument_group("shortcuts for common config keys")
     for flag, key in FLAG_KEYS.items():
         group.add_argument(f"--{flag.replace('_', '-')}", dest=flag, metavar="VALUE", help=f"sets {key}")
@@ -291,8 +293,12 @@ def cmd_tune(args) -> int:
 def cmd_report(args) -> int:
     from .report.report import build_report, load_bench, report_text
 
+    if args.out is None and len(args.runs) > 1:
+        raise ReslabError("give --out DIR for a report on several folders (one folder's report goes to "
+                          "FOLDER/report by default)")
+    out = Path(args.out) if args.out is not None else Path(args.runs[0]) / "report"
     bench = load_bench(args.bench) if args.bench else None
-    print(report_text(build_report(args.runs, Path(args.out), title=args.title, bench=bench)))
+    print(report_text(build_report(args.runs, out, title=args.title, bench=bench)))
     return 0
 
 
@@ -444,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "severities on every test image)")
     compare.add_argument("--no-progress", action="store_true", help="no per-run progress bar")
     _add_launcher_flags(compare, "each run is one job; --jobs: at most this many at once")
-    compare.set_defaults(func=cmd_compare)
+    compare.set_defaults(func=cmd_compare, overrides_into="items")
 
     tune = commands.add_parser(
         "tune", help="hyper-parameter search on Optuna (TPE, median/Hyperband pruning), resumable and shareable",
@@ -471,11 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--no-report", action="store_true", help="only run trials (what a worker job does)")
     tune.add_argument("--no-progress", action="store_true", help="no per-trial progress bar")
     _add_launcher_flags(tune, "each job is one worker; --jobs: how many workers (default 1)")
-    tune.set_defaults(func=cmd_tune)
+    tune.set_defaults(func=cmd_tune, overrides_into="items")
 
     report = commands.add_parser("report", help="Markdown/HTML report, CSV/JSON and figures from run folders")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, a study folder or a demo folder")
-    report.add_argument("--out", required=True, help="folder for report.md, report.html, CSV, JSON and figures/")
+    report.add_argument("--out", help="folder for report.md, report.html, CSV, JSON and figures/ (default: "
+                        "FOLDER/report for one folder)")
     report.add_argument("--title", help="the report's title")
     report.add_argument("--bench", metavar="JSON", help="include a reslab bench --json file")
     report.set_defaults(func=cmd_report)
@@ -559,8 +566,26 @@ def setup_logging() -> None:
     logger.propagate = False
 
 
+# A config override: section.key=value (a key may be nested, e.g. robustness.severities=1-3).
+OVERRIDE = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)+=")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``section.key=value`` overrides accepted anywhere: argparse
+    alone takes a positional list only before the flags that follow it."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    into = getattr(args, "overrides_into", None)
+    unknown = [item for item in extra if not (into and OVERRIDE.match(item))]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if into:
+        setattr(args, into, [*getattr(args, into), *(item for item in extra if OVERRIDE.match(item))])
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     setup_logging()
     try:
         return args.func(args)

@@ -48,6 +48,33 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
 
 
+# Larger than any JSON file reslab writes by far; a bigger one is the wrong file, and is
+# refused before it is read into memory.
+MAX_JSON_BYTES = 64 << 20
+
+
+def read_json(path: Path, kind: str, expect: type | None = dict) -> Any:
+    """A JSON file reslab wrote (``kind`` names it in errors: "study manifest", "dataset
+    description", ...). A missing, unreadable, oversized or damaged file, or one whose top
+    level is not ``expect``, is one error line."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise ReslabError(f"{kind} {path} is {size:,} bytes, more than any reslab {kind}; is it the right file?")
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ReslabError(f"{kind} {path} does not exist") from None
+    except OSError as exc:
+        raise ReslabError(f"cannot read {kind} {path}: {exc.strerror}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise ReslabError(f"{kind} {path} is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+    if expect is not None and not isinstance(data, expect):
+        raise ReslabError(f"{kind} {path} is damaged: a JSON {'object' if expect is dict else expect.__name__} "
+                          f"was expected, not {type(data).__name__}")
+    return data
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ReslabError
+from ..extras import missing_extra
 from .files import BadFile, FileSplits, ImageList
 from .folders import split_off
 
@@ -80,7 +81,7 @@ def load_annotations(path: Path, problems: list[BadFile]):
     try:
         from pycocotools.coco import COCO
     except ImportError:
-        raise ReslabError("reading COCO needs pycocotools: pip install 'reslab[coco]'") from None
+        raise missing_extra("reading COCO", "coco") from None
     try:
         with path.open("rb") as handle:
             data = json.load(handle)

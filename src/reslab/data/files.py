@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..errors import ReslabError
+from ..signals import ignore_stop_signals
 from .loader import batch_count, global_batches, rank_slice
 from .decode import DECODERS, DEFAULT_DECODER, KNOWN_DECODERS, BadImage, decode
 from .normalization import Normalizer
@@ -356,6 +357,7 @@ class FileLoader:
             # global one, which would shift the training process's random stream.
             self._loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=_collate,
                                       generator=torch.Generator().manual_seed(self.sampler.seed),
+                                      worker_init_fn=ignore_stop_signals,
                                       **self._loader_options)
         for images, targets, ok, failures in self._loader:
             for line in failures:
@@ -414,7 +416,7 @@ def verify_files(images: ImageList, decoder: str = DEFAULT_DECODER, workers: int
     only when its last rows are read.
     """
     loader = DataLoader(_CheckDataset(images, decoder), batch_size=64, num_workers=workers,
-                        collate_fn=_as_list)
+                        collate_fn=_as_list, worker_init_fn=ignore_stop_signals)
     bad, offset = [], 0
     for reasons in loader:
         bad.extend(BadFile(images.path(offset + i), r) for i, r in enumerate(reasons) if r)

@@ -20,6 +20,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import ReslabError
+from ..extras import missing_extra
 from .predict import load_model
 
 # Each format's suffix for the default output name; "hub" writes a folder.
@@ -159,8 +160,7 @@ def export_onnx(model: nn.Module, meta: dict, output: Path) -> ExportResult:
         import onnx
         import onnxruntime
     except ImportError as exc:
-        raise ReslabError(f"ONNX export needs the packages onnx, onnxscript and onnxruntime "
-                          f"(pip install onnx onnxscript onnxruntime): {exc}") from None
+        raise missing_extra("ONNX export", "export", str(exc)) from None
 
     def write(path: Path) -> None:
         # torch.export-based exporter; the batch axis is symbolic so any batch size runs.
@@ -169,7 +169,7 @@ def export_onnx(model: nn.Module, meta: dict, output: Path) -> ExportResult:
                               output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
                               opset_version=ONNX_OPSET, external_data=False, verbose=False)
         except ImportError as exc:
-            raise ReslabError(f"ONNX export needs onnxscript (pip install onnxscript): {exc}") from None
+            raise missing_extra("ONNX export", "export", str(exc)) from None
         exported = onnx.load(str(path))
         for key, value in export_metadata(meta).items():  # readable by any ONNX runtime's metadata API
             entry = exported.metadata_props.add()

@@ -24,10 +24,10 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from ..errors import ReslabError
-from ..runfs import atomic_write_json, atomic_write_text
+from ..config import read_yaml_file
+from ..runfs import atomic_write_json, atomic_write_text, read_json
 from ..experiments.bench import busy_warning
 from ..train.run_folder import load_result
 from .paper import paper_error
@@ -75,8 +75,7 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
         if (path / "metrics.json").is_file():
             found.append(path)
         elif (path / "study.json").is_file():
-            manifest = json.loads((path / "study.json").read_text())
-            runs = [path / entry["name"] for entry in manifest.get("runs", [])]
+            runs = [path / entry["name"] for entry in study_entries(path / "study.json")]
             unfinished = [r.name for r in runs if not (r / "metrics.json").is_file()]
             if unfinished:
                 raise ReslabError(f"study {path} has unfinished runs ({', '.join(unfinished[:3])}"
@@ -97,7 +96,9 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
 def read_run(run_dir: Path) -> Run:
     result = load_result(run_dir)
     config_path = Path(run_dir) / "config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    config = read_yaml_file(config_path, "run config") if config_path.is_file() else {}
+    if not isinstance(config, dict | None) or any(not isinstance(v, dict) for v in (config or {}).values()):
+        raise ReslabError(f"run config {config_path} is damaged: a mapping of sections was expected")
     return Run(Path(run_dir), result.metrics, result.history, config or {}, _variant(Path(run_dir)))
 
 
@@ -106,10 +107,25 @@ def _variant(run_dir: Path) -> str | None:
     manifest = run_dir.parent / "study.json"
     if not manifest.is_file():
         return None
-    for entry in json.loads(manifest.read_text()).get("runs", []):
-        if entry.get("name") == run_dir.name:
-            return entry.get("variant")
+    for entry in study_entries(manifest):
+        if entry["name"] == run_dir.name:
+            variant = entry.get("variant")
+            return variant if isinstance(variant, str) else None
     return None
+
+
+def study_entries(manifest: Path) -> list[dict]:
+    """The runs a study manifest (study.json) lists, each named by a folder inside the study
+    (a name that is absolute or climbs out of the study folder is refused)."""
+    runs = read_json(manifest, "study manifest").get("runs", [])
+    if not isinstance(runs, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in runs):
+        raise ReslabError(f"study manifest {manifest} is damaged: 'runs' must be a list of objects with a name")
+    for entry in runs:
+        name = entry["name"]
+        if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+            raise ReslabError(f"study manifest {manifest} names run {name[:80]!r}, which is not a folder inside "
+                              "the study; reslab reads only the study's own runs")
+    return runs
 
 
 # ---------------------------------------------------------------- rows
@@ -581,8 +597,8 @@ def _setup_lines(runs: list[Run]) -> list[str]:
     for run in runs[:1]:
         dataset = run.run_dir / "dataset.json"
         if dataset.is_file():
-            sizes = json.loads(dataset.read_text()).get("sizes")
-            if sizes:
+            sizes = read_json(dataset, "dataset description").get("sizes")
+            if isinstance(sizes, dict) and all(isinstance(v, int) for v in sizes.values()):
                 lines.append(f"Split sizes ({run.metrics['dataset']}): "
                              + ", ".join(f"{k} {v:,}" for k, v in sizes.items()) + ".")
     return lines
@@ -606,11 +622,11 @@ def build_report(run_dirs: list[str | Path], out: Path, title: str | None = None
                  tolerance: float = 0.005) -> Report:
     """Read the runs, write report.md/.html, runs.csv, summary.csv, report.json and figures/."""
     out = Path(out)
+    runs = [read_run(path) for path in find_runs(run_dirs)]  # bad input fails before a folder is made
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ReslabError(f"cannot create report folder {out}: {exc.strerror}") from None
-    runs = [read_run(path) for path in find_runs(run_dirs)]
     pairs = sorted(zip((run_row(run) for run in runs), runs), key=lambda pair: (_sort_key(pair[0]), pair[0]["seed"]))
     rows, runs = [p[0] for p in pairs], [p[1] for p in pairs]
     summary = summary_rows(rows)

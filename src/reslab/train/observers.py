@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from ..config import RunConfig
-from ..errors import ReslabError
+from ..extras import missing_extra
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,7 @@ def _need(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ReslabError(f"output.logger={extra} needs the {module!r} package: pip install 'reslab[{extra}]'") \
-            from None
+        raise missing_extra(f"output.logger={extra}", extra) from None
 
 
 class TensorBoardLogger(Observer):

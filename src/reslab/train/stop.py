@@ -9,9 +9,7 @@ import threading
 from pathlib import Path
 
 from ..errors import Interrupted
-
-
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
+from ..signals import STOP_SIGNALS
 
 
 class StopRequest:
