@@ -8,6 +8,7 @@ sbatch script and the job's command line can be read."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from submitit.core.utils import DelayedSubmission, JobPaths
 from reslab import ReslabError
 from reslab.cli import main
 from reslab.experiments.jobs import CommandJob, TrainJob
-from reslab.experiments.launch import (Slot, active_jobs, format_statuses, launch, launch_options,
+from reslab.experiments.launch import (Slot, active_jobs, format_statuses, job_paths, launch, launch_options,
                                        launch_study, minutes, read_records)
 from reslab.experiments.study import run_study, study_from_dict
 from reslab.report.report import depth_findings, read_run, run_row, summary_rows
@@ -116,13 +117,11 @@ def launched(tmp_path_factory):
             return json.loads(record.read_text())["pid"], history.read_text()
         return None
 
-    records = read_records(jobs)
     try:
         pid, history_then = _wait_for(mid_run, "seed 1's job after its first epoch")
         os.kill(pid, signal.SIGUSR2)
         during = launch_study(study, options, status_only=True)[1].statuses
-        ended = [JobPaths(jobs, records[name]["job_id"]).result_pickle for name in RUNS]
-        _wait_for(lambda: all(path.is_file() for path in ended), "both jobs to end", every=0.2)
+        _wait_for(lambda: not active_jobs(jobs), "both jobs to end", every=0.2)
         final = launch_study(study, options, status_only=True)[1]
     finally:
         cancel_jobs(jobs)
@@ -147,7 +146,9 @@ def test_each_run_is_one_job(launched):
     for name in RUNS:
         config = (launched.out / "jobs" / f"{name}.yaml").read_text()
         assert f"name: {name}" in config  # the run's own config, its folder fixed
-        assert JobPaths(launched.out / "jobs", records[name]["job_id"]).submitted_pickle.is_file()
+        assert job_paths(launched.out / "jobs", records[name]).submitted_pickle.is_file()
+    folder = {r["folder"] for r in records.values()}  # one submission: its own folder for submitit's files
+    assert len(folder) == 1 and (launched.out / "jobs" / folder.pop()).is_dir()
     assert json.loads((launched.out / "study.json").read_text())["runs"][0]["status"] == "finished"
 
 
@@ -170,8 +171,7 @@ def test_a_job_warned_of_its_time_limit_saves_requeues_and_resumes(launched, in_
     record = json.loads((launched.out / "jobs" / f"{RUNS[1]}.process.json").read_text())
     assert record["attempt"] == 2 and record["pid"] != launched.signalled  # submitit ran it again
     assert record["command"][3:6] == ["train", "--resume", str((launched.out / RUNS[1]).resolve())]
-    job_id = read_records(launched.out / "jobs")[RUNS[1]]["job_id"]
-    log = JobPaths(launched.out / "jobs", job_id).stderr.read_text()
+    log = job_paths(launched.out / "jobs", read_records(launched.out / "jobs")[RUNS[1]]).stderr.read_text()
     assert "stopped by SIGTERM at step" in log  # the run saved its state when told to stop
     history = (launched.out / RUNS[1] / "history.csv").read_text().splitlines()
     assert history[:2] == launched.history_then.splitlines() and len(history) == 5  # epoch 1 kept, not redone
@@ -188,14 +188,59 @@ def test_the_status_shows_running_jobs_then_done(launched):
     assert text.splitlines()[-1] == "2 done" and RUNS[0] in text
 
 
-def test_in_process_compare_refuses_while_jobs_run(tmp_path):
-    study = study_from_dict({**STUDY, "out": str(tmp_path / "s")})
-    (tmp_path / "s" / "jobs").mkdir(parents=True)
-    (tmp_path / "s" / "jobs" / "jobs.json").write_text(json.dumps(
-        {"jobs": {RUNS[0]: {"name": RUNS[0], "job_id": str(os.getpid()), "launcher": "local"}}}))  # alive
+@pytest.fixture
+def waiting_job(tmp_path):
+    """A study folder whose seed-0 run has a live local job (one that only waits)."""
+    jobs = tmp_path / "s" / "jobs"
+    slot = Slot(RUNS[0], lambda: functools.partial(time.sleep, 120), finished=lambda: False)
+    launch([slot], launch_options({"name": "local"}), jobs, "test")
+    controller = int(read_records(jobs)[RUNS[0]]["job_id"])
+    yield jobs
+    try:
+        os.kill(controller, signal.SIGINT)  # submitit's controller stops its task
+    except ProcessLookupError:
+        pass
+
+
+def test_in_process_compare_refuses_while_jobs_run(waiting_job, capsys):
+    assert active_jobs(waiting_job) == [RUNS[0]]
     code = main(["compare", "--recipe", "demo-digits", "--models", "resnet8", "--seeds", "0,1", "--out",
-                 str(study.out), *OVERRIDES])
-    assert code == 2
+                 str(waiting_job.parent), *OVERRIDES])
+    assert code == 2 and "1 job(s) of this folder are still pending or running" in capsys.readouterr().err
+
+
+def test_a_live_job_with_another_start_time_is_another_process(waiting_job):
+    records = read_records(waiting_job)
+    assert active_jobs(waiting_job) == [RUNS[0]] and records[RUNS[0]]["process_start"]  # recorded at submission
+    records[RUNS[0]]["process_start"] = "1"  # as if its id now named a process started later (an id reused)
+    (waiting_job / "jobs.json").write_text(json.dumps({"jobs": records}))
+    assert active_jobs(waiting_job) == []
+
+
+def _this_process_start() -> str:
+    return Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]  # field 22 of proc(5)
+
+
+@pytest.mark.parametrize("start", [None, "this process's", "another"])
+def test_a_live_process_that_is_not_the_job_is_not_waited_for(tmp_path, monkeypatch, start):
+    """A jobs.json naming a live process that is no job controller (this one), with its
+    start time, without one, or with another: the job has ended, and --wait does not wait."""
+    import reslab.experiments.launch as launch_module
+
+    record = {"name": "run", "job_id": str(os.getpid()), "launcher": "local", "attempt": 1}
+    if start is not None:
+        record["process_start"] = _this_process_start() if start == "this process's" else "1"
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "jobs.json").write_text(json.dumps({"jobs": {"run": record}}))
+
+    def refuse(seconds):
+        raise AssertionError("waited for a process that is not the job")
+
+    monkeypatch.setattr(launch_module, "time", SimpleNamespace(sleep=refuse))
+    slot = Slot("run", lambda: CommandJob("run", tmp_path / "jobs", ["--version"]), finished=lambda: False)
+    result = launch([slot], launch_options({"name": "local"}), tmp_path / "jobs", "test", status_only=True,
+                    wait=True)
+    assert result.statuses[0].state == "failed" and "ended without a result" in result.statuses[0].detail
 
 
 def test_a_failing_job_shows_its_log_tail(tmp_path):
@@ -255,10 +300,11 @@ def test_the_sbatch_script_and_the_jobs_command(fake_slurm, tmp_path, capsys):
                  "#SBATCH --array=0-1%1", "#SBATCH --job-name=reslab-compare-demo-digits",
                  "source /opt/venv/bin/activate", "export SUBMITIT_EXECUTOR=slurm"]:
         assert line in script.splitlines(), line
+    record = read_records(out / "jobs")["resnet8-digits-seed1"]
     command = script.strip().splitlines()[-1]
     assert command.startswith("srun --unbuffered --output") and command.endswith(
-        f"-u -m submitit.core._submit {(out / 'jobs').resolve()}")
-    job = DelayedSubmission.load(JobPaths((out / "jobs").resolve(), "1001_1").submitted_pickle).function
+        f"-u -m submitit.core._submit {(out / 'jobs' / record['folder']).resolve()}")
+    job = DelayedSubmission.load(job_paths((out / "jobs").resolve(), record).submitted_pickle).function
     config = (out / "jobs" / "resnet8-digits-seed1.yaml").resolve()
     assert job.command() == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              "-m", "reslab", "train", "--config", str(config), "--no-progress"]
@@ -276,7 +322,7 @@ def test_slurm_jobs_pending_running_failed_and_retried(fake_slurm, tmp_path, in_
     assert "running  1001_0" in shown and "pending  1001_1" in shown and "SLURM PENDING" in shown
     assert not (fake_slurm / "script-1002.sh").exists()
     (fake_slurm / "states").write_text("1001_0|FAILED|node7\n1001_1|RUNNING|node8\n")
-    log = JobPaths((out / "jobs").resolve(), "1001_0").stderr
+    log = job_paths(out / "jobs", read_records(out / "jobs")[RUNS[0]]).stderr
     log.write_text("loading\nreslab: error: the training loss became nan at step 12\n")
     assert main(command + ["--status"]) == 2  # a failure is an error once the states are asked for
     captured = capsys.readouterr()
@@ -287,5 +333,132 @@ def test_slurm_jobs_pending_running_failed_and_retried(fake_slurm, tmp_path, in_
     shown = capsys.readouterr().out
     assert "pending  1002" in shown and "submitted again (attempt 2)" in shown and "done" in shown
     assert read_records(out / "jobs")[RUNS[0]]["attempt"] == 2
-    job = DelayedSubmission.load(JobPaths((out / "jobs").resolve(), "1002").submitted_pickle).function
+    job = DelayedSubmission.load(job_paths(out / "jobs", read_records(out / "jobs")[RUNS[0]]).submitted_pickle).function
     assert job.command()[3:5] == ["train", "--config"]  # seed 0 never started: a fresh run
+
+
+# ---------------------------------------------------------------- a study folder never runs code
+
+
+class Planted:
+    """What someone else's study folder may hold: a pickle that, once loaded, creates a file."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+DEAD_PID = "99999999"  # above Linux's largest pid: never a live process
+
+
+def plant_job(jobs: Path, name: str, job_id: str, launcher: str = "local") -> Path:
+    """A jobs.json naming ``job_id`` for run ``name``, and submitit's result and submission
+    pickles for it, each of which creates the returned marker file when unpickled."""
+    import pickle
+
+    marker = jobs.parent / "planted-code-ran"
+    jobs.mkdir(parents=True, exist_ok=True)
+    (jobs / "jobs.json").write_text(json.dumps(
+        {"jobs": {name: {"name": name, "job_id": job_id, "launcher": launcher, "attempt": 1}}}))
+    paths = JobPaths(jobs, job_id)
+    paths.result_pickle.write_bytes(pickle.dumps(("success", Planted(marker))))
+    paths.submitted_pickle.write_bytes(pickle.dumps(Planted(marker)))
+    return marker
+
+
+def test_compare_status_never_unpickles_a_planted_result(tmp_path, capsys):
+    out = tmp_path / "shared-study"
+    marker = plant_job(out / "jobs", RUNS[0], DEAD_PID)
+    command = ["compare", "--recipe", "demo-digits", "--models", "resnet8", "--seeds", "0,1", "--out", str(out),
+               *OVERRIDES, "--launcher", "local"]
+    code = main(command + ["--status"])
+    assert not marker.exists()
+    assert code == 2  # its job ended without finishing the run: failed
+    shown = capsys.readouterr().out
+    assert f"failed   {DEAD_PID}" in shown and "ended without a result" in shown
+
+
+def test_compare_in_process_never_unpickles_a_planted_result(tmp_path, in_process, capsys):
+    out = tmp_path / "shared-study"
+    for name in RUNS:  # both runs finished: compare gathers them after checking the folder's jobs
+        shutil.copytree(in_process / name, out / name)
+    marker = plant_job(out / "jobs", RUNS[0], DEAD_PID)
+    code = main(["compare", "--recipe", "demo-digits", "--models", "resnet8", "--seeds", "0,1", "--out", str(out),
+                 *OVERRIDES])
+    assert not marker.exists()
+    assert code == 0
+    assert "2 runs (0 trained now)" in capsys.readouterr().out
+
+
+def test_compare_retry_never_unpickles_a_planted_result(tmp_path, in_process, capsys):
+    out = tmp_path / "shared-study"
+    shutil.copytree(in_process / RUNS[1], out / RUNS[1])  # seed 1 finished; seed 0's job "failed"
+    marker = plant_job(out / "jobs", RUNS[0], DEAD_PID)
+    code = main(["compare", "--recipe", "demo-digits", "--models", "resnet8", "--seeds", "0,1", "--out", str(out),
+                 *OVERRIDES, "--launcher", "local", "--retry", "--wait"])
+    assert not marker.exists()  # neither here nor in the job that trained seed 0
+    assert code == 0 and "2 runs finished" in capsys.readouterr().out
+    record = read_records(out / "jobs")[RUNS[0]]
+    assert record["attempt"] == 2 and record["job_id"] != DEAD_PID
+
+
+def test_slurm_retry_never_unpickles_a_planted_result(fake_slurm, tmp_path, capsys):
+    out = tmp_path / "shared-study"
+    marker = plant_job(out / "jobs", RUNS[0], "77_0", launcher="slurm")
+    (fake_slurm / "states").write_text("77_0|COMPLETED|node7\n")  # the job ended well, its run unfinished
+    code = main(["compare", "--recipe", "demo-digits", "--models", "resnet8", "--seeds", "0", "--out", str(out),
+                 *OVERRIDES, "--launcher", "slurm", "--retry"])
+    assert not marker.exists()
+    assert code == 0 and "submitted again (attempt 2)" in capsys.readouterr().out
+
+
+def test_a_failed_jobs_error_is_the_last_line_of_its_log(tmp_path, capsys):
+    out = tmp_path / "shared-study"
+    marker = plant_job(out / "jobs", RUNS[0], DEAD_PID)
+    JobPaths(out / "jobs", DEAD_PID).stderr.write_text(
+        "reslab job: resnet8-digits-seed0 (attempt 1): python -m reslab train\n"
+        "reslab: error: the training loss became nan at step 12\x1b[2J\n"
+        "submitit ERROR (2026-01-01 10:00:00,000) - Submitted job triggered an exception\n"
+        "Traceback (most recent call last):\n"
+        "reslab.experiments.jobs.JobFailed: resnet8-digits-seed0: exited with status 2\n")
+    code = main(["compare", "--recipe", "demo-digits", "--models", "resnet8", "--seeds", "0", "--out", str(out),
+                 *OVERRIDES, "--launcher", "local", "--status"])
+    shown = capsys.readouterr().out
+    assert code == 2 and not marker.exists()
+    (line,) = [line for line in shown.splitlines() if line.startswith(RUNS[0])]
+    assert line.split()[1:3] == ["failed", DEAD_PID]
+    assert line.endswith("reslab.experiments.jobs.JobFailed: resnet8-digits-seed0: exited with status 2")
+    assert "| reslab: error: the training loss became nan at step 12?[2J" in shown  # no terminal control
+
+
+def test_report_never_unpickles_from_a_study_folder(tmp_path, in_process, capsys):
+    out = tmp_path / "shared-study"
+    for name in RUNS:
+        shutil.copytree(in_process / name, out / name)
+    marker = plant_job(out / "jobs", RUNS[0], DEAD_PID)
+    import pickle
+
+    for name in RUNS:  # pickles where a run's checkpoints are
+        (out / name / "checkpoints").mkdir(exist_ok=True)
+        for checkpoint in ("last.pt", "best.pt", "epoch-1.pt"):
+            (out / name / "checkpoints" / checkpoint).write_bytes(pickle.dumps(Planted(marker)))
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert not marker.exists() and "resnet8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("jobs, fragment", [
+    ({RUNS[0]: {"job_id": "../../x", "launcher": "local"}}, "not one reslab writes"),
+    ({RUNS[0]: {"job_id": "0", "launcher": "local"}}, "not one reslab writes"),  # 0: this process's group
+    ({RUNS[0]: {"job_id": "12", "launcher": "pbs"}}, "not one reslab writes"),
+    ({RUNS[0]: {"job_id": "12", "launcher": "local", "folder": "../elsewhere"}}, "not one reslab writes"),
+    ([], "no jobs mapping"),
+])
+def test_a_jobs_file_reslab_did_not_write_is_one_line(tmp_path, capsys, jobs, fragment):
+    (tmp_path / "s" / "jobs").mkdir(parents=True)
+    (tmp_path / "s" / "jobs" / "jobs.json").write_text(json.dumps({"jobs": jobs}))
+    code = main(["compare", "--recipe", "demo-digits", "--models", "resnet8", "--out", str(tmp_path / "s"),
+                 *OVERRIDES, "--launcher", "local", "--status"])
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("reslab: error:") and fragment in errors[0]

@@ -361,8 +361,7 @@ def shared(tmp_path_factory):
         restarted = _start(space, out, restarted_log)
         restarted.wait(timeout=300)
         output = restarted_log.read_text()
-        job_id = json.loads((out / "jobs" / "jobs.json").read_text())["jobs"]["worker-0"]["job_id"]
-        _wait_for(JobPaths(out / "jobs", job_id).result_pickle.is_file, "the worker job to end")
+        _wait_for(lambda: not active_jobs(out / "jobs"), "the worker job to end")
         job = json.loads((out / "jobs" / "worker-0.process.json").read_text())
         gathered = main(launcher + ["--status", "--no-report"])  # the study is done: best.yaml, trials.csv
     finally:
@@ -422,3 +421,31 @@ def test_the_launcher_gathers_the_finished_study(shared):
     top = max(complete, key=lambda t: (t.value, -t.number))
     assert best.optim.lr == top.params["optim.lr"]
     assert len((shared.out / "trials.csv").read_text().splitlines()) == len(shared.trials) + 1
+
+
+class Planted:
+    """A pickle that creates a file when it is loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_tune_status_never_unpickles_a_planted_result(tmp_path, capsys):
+    """Someone else's tuning folder: a worker job that has ended (its process id is no
+    process), and submitit's result and submission pickles beside it."""
+    import pickle
+
+    space, out, job_id = write_space(tmp_path), tmp_path / "study", "99999999"
+    marker = tmp_path / "planted-code-ran"
+    (out / "jobs").mkdir(parents=True)
+    (out / "jobs" / "jobs.json").write_text(json.dumps(
+        {"jobs": {"worker-0": {"name": "worker-0", "job_id": job_id, "launcher": "local", "attempt": 1}}}))
+    paths = JobPaths(out / "jobs", job_id)
+    paths.result_pickle.write_bytes(pickle.dumps(("success", Planted(marker))))
+    paths.submitted_pickle.write_bytes(pickle.dumps(Planted(marker)))
+    code = main(["tune", str(space), "--out", str(out), "--launcher", "local", "--status"])
+    assert not marker.exists()
+    assert code == 2 and "failed   99999999" in capsys.readouterr().out  # it ended, its study unfinished

@@ -8,6 +8,10 @@ GPUs. It imports little (no PyTorch) and starts in a fraction of a second.
   the job; the requeued job resumes the run.
 - A pre-emption's SIGTERM is passed on to the child the same way; a killed supervisor
   takes its child with it (SIGTERM, Linux's parent-death signal).
+
+The job keeps ``<name>.process.json`` in the launcher's jobs/ folder: where it runs, and,
+once its command has ended, how (finished, failed or stopped). The launcher reads that
+JSON, never submitit's result pickle (loading a pickle can run code: launch.py).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class ReslabJob(submitit.helpers.Checkpointable):
         self.cwd = cwd or os.getcwd()
         self.stop_seconds = stop_seconds  # how long a stopping run may take to save before it is killed
         self.attempt = 0
+        self._started: str | None = None  # when this attempt began
         self._child: subprocess.Popen | None = None
 
     def arguments(self) -> list[str] | None:
@@ -63,9 +68,11 @@ class ReslabJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict:
         _log_to_stderr()
         self.attempt += 1
+        self._started = _now()
         command = self.command()
         if command is None:
             logger.info("%s: nothing left to do", self.name)
+            self._write_process_record(None, outcome="finished", exit_code=0)
             return {"name": self.name, "status": "finished", "attempt": self.attempt}
         logger.info("%s (attempt %d): %s", self.name, self.attempt, shlex.join(command))
         libc = _libc()
@@ -78,20 +85,23 @@ class ReslabJob(submitit.helpers.Checkpointable):
             if libc is not None:
                 libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: a killed supervisor stops its run too
 
-        self._child = subprocess.Popen(command, cwd=self.cwd, preexec_fn=child_setup)
-        self._write_process_record(command)
+        child = self._child = subprocess.Popen(command, cwd=self.cwd, preexec_fn=child_setup)
+        self._write_process_record(command, child.pid)
         previous = signal.signal(signal.SIGTERM, self._pass_on)
         try:
-            code = self._child.wait()
+            code = child.wait()
         except BaseException:  # a cancelled job (SIGINT), or submitit exiting after a requeue
             self._stop_child()
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
         self._child = None
+        stopped = code - 128 in [int(s) for s in STOP_SIGNALS]
+        outcome = "finished" if code == 0 else "stopped" if stopped else "failed"
+        self._write_process_record(command, child.pid, outcome=outcome, exit_code=code)
         if code == 0:
             return {"name": self.name, "status": "finished", "attempt": self.attempt}
-        if code - 128 in [int(s) for s in STOP_SIGNALS]:
+        if stopped:
             raise JobStopped(f"{self.name}: stopped by {signal.Signals(code - 128).name} with its state saved; it "
                              "continues when the job is requeued or when the same command runs again with --retry")
         raise JobFailed(f"{self.name}: {shlex.join(command)} exited with status {code} (its output is above)")
@@ -118,15 +128,18 @@ class ReslabJob(submitit.helpers.Checkpointable):
         if child is not None:
             _stop_process(child.pid, self.stop_seconds)
 
-    def _write_process_record(self, command: list[str]) -> None:
+    def _write_process_record(self, command: list[str] | None, child: int | None = None, **ending) -> None:
+        """Where this attempt runs; with ``ending`` (outcome, exit_code), how its command ended."""
         try:
             job_id = submitit.JobEnvironment().job_id
         except Exception:  # noqa: BLE001  (called outside a job: no job id)
             job_id = None
-        atomic_write_json(self.folder / f"{self.name}.process.json", {
-            "name": self.name, "host": socket.gethostname(), "pid": os.getpid(), "child": self._child.pid,
-            "job_id": job_id, "attempt": self.attempt, "command": command, "started": _now(),
-        })
+        record = {"name": self.name, "host": socket.gethostname(), "pid": os.getpid(), "child": child,
+                  "job_id": job_id, "attempt": self.attempt, "command": command,
+                  "started": self._started}
+        if ending:
+            record.update(ended=_now(), **ending)
+        atomic_write_json(self.folder / f"{self.name}.process.json", record)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

@@ -11,9 +11,17 @@ resumes it. A job killed outright leaves its run folder with the last epoch chec
 running the command again with ``--retry`` resubmits it, and it resumes from there.
 
 Everything a later ``reslab compare``/``tune`` needs to show where the jobs are is on
-disk, in ``<out>/jobs/``: ``jobs.json`` (job ids and attempts), submitit's pickles and
-logs (``<job id>_0_log.err``), the job's own ``<name>.process.json`` (host and process
-ids) and, for study runs, the config each run starts from (``<name>.yaml``).
+disk, in ``<out>/jobs/``: ``jobs.json`` (job ids and attempts), the job's own
+``<name>.process.json`` (host, process ids and, once its command has ended, how) and, for
+study runs, the config each run starts from (``<name>.yaml``). Each submission gets a
+folder of its own for submitit's pickles and logs, ``<out>/jobs/<time>-<random>/``,
+created empty then: a job never loads a pickle that was in the folder before.
+
+Loading a file never runs code from it, and study folders are shared: reslab never loads
+submitit's pickles. A job's state comes from its run (metrics.json: done), from SLURM
+(sacct) or, for a local job, from its process (the controller's process id, start time
+and command line), and from the job's JSON record of how it ended; its error is the last
+line of its log, read as text.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import ReslabError
+from ..extras import missing_extra
 from ..runfs import atomic_write_json
 
 if TYPE_CHECKING:
@@ -45,6 +55,9 @@ LAUNCHER_KEYS = ("name", "partition", "gpus", "time", "cpus", "mem_gb", "jobs", 
 SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESV_DEL_HOLD", "SUSPENDED"}
 SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 LOG_TAIL_LINES = 8
+JOB_IDS = {"local": re.compile(r"[1-9][0-9]{0,8}"),  # the controller's process id (0 would be our group)
+           "slurm": re.compile(r"[0-9]+(?:_[0-9]+)?")}  # SLURM's job id, with its index in an array
+FOLDER_NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]*")  # a submission's folder, inside jobs/
 
 
 # ---------------------------------------------------------------- what a launcher is asked for
@@ -181,7 +194,7 @@ def need_submitit():
     try:
         import submitit
     except ImportError:
-        raise ReslabError("cluster jobs need submitit: pip install 'reslab[cluster]'") from None
+        raise missing_extra("cluster jobs", "cluster") from None
     return submitit
 
 
@@ -241,7 +254,33 @@ def read_records(folder: Path) -> dict:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReslabError(f"{path} is not readable JSON ({str(exc)[:100]}); move it away to start the jobs "
                           "afresh (run folders are kept)") from None
-    return data.get("jobs", {}) if isinstance(data, dict) else {}
+    records = data.get("jobs", {}) if isinstance(data, dict) else None
+    if not isinstance(records, dict):
+        raise ReslabError(f"{path} is not a reslab jobs file (no jobs mapping); move it away to start the jobs "
+                          "afresh (run folders are kept)")
+    for name, record in records.items():
+        if not _well_formed(record):
+            raise ReslabError(f"{path}: the record of job {name!r} is not one reslab writes (a job id, a launcher "
+                              "of local or slurm, a submission folder in jobs/); move the file away to start the "
+                              "jobs afresh (run folders are kept)")
+    return records
+
+
+def _well_formed(record) -> bool:
+    if not isinstance(record, dict) or record.get("launcher") not in LAUNCHERS:
+        return False
+    job_id, folder = record.get("job_id"), record.get("folder")
+    return (isinstance(job_id, str) and JOB_IDS[record["launcher"]].fullmatch(job_id) is not None
+            and (folder is None or (isinstance(folder, str) and FOLDER_NAME.fullmatch(folder) is not None)))
+
+
+def job_paths(folder: Path, record: dict):
+    """submitit's file names (logs, pickles) of a recorded job: in its submission's folder,
+    or in jobs/ itself for jobs recorded before submissions had folders."""
+    need_submitit()
+    from submitit.core.utils import JobPaths
+
+    return JobPaths(Path(folder) / (record.get("folder") or ""), job_id=record["job_id"], task_id=0)
 
 
 def _write_records(folder: Path, records: dict) -> None:
@@ -265,7 +304,7 @@ def active_jobs(folder: Path) -> list[str]:
     records = read_records(folder)
     states = slurm_states(records)
     return [name for name, record in records.items()
-            if _job_state(record, Path(folder), states)[0] in ("running", "pending")]
+            if _job_state(name, record, Path(folder), states)[0] in ("running", "pending")]
 
 
 def slurm_states(records: dict) -> dict[str, str]:
@@ -288,7 +327,7 @@ def slot_status(slot: Slot, record: dict | None, folder: Path, states: dict[str,
         return JobStatus(slot.name, "done", record.get("job_id") if record else None)
     if record is None:
         return JobStatus(slot.name, "new")
-    state, detail, tail = _job_state(record, folder, states or {})
+    state, detail, tail = _job_state(slot.name, record, folder, states or {})
     if state == "running":
         detail = ", ".join(part for part in (slot.progress(), detail) if part)
     elif state == "ended":  # the job ended well but left work (a tuning worker before a larger budget)
@@ -296,87 +335,99 @@ def slot_status(slot: Slot, record: dict | None, folder: Path, states: dict[str,
     return JobStatus(slot.name, state, record.get("job_id"), detail, tail)
 
 
-def _job_state(record: dict, folder: Path, states: dict[str, str]) -> tuple[str, str, list[str]]:
-    """(running | pending | failed | ended, detail, log tail) of a submitted job."""
-    need_submitit()
-    from submitit.core.utils import JobPaths
-
-    job_id = str(record["job_id"])
-    paths = JobPaths(folder, job_id=job_id, task_id=0)
-    cluster_state = ""
-    if record.get("launcher") == "slurm":
-        cluster_state = states.get(job_id, "UNKNOWN")
+def _job_state(name: str, record: dict, folder: Path, states: dict[str, str]) -> tuple[str, str, list[str]]:
+    """(running | pending | failed | ended, detail, log tail) of a submitted job whose work
+    is not done. Never from submitit's result pickle: loading one runs whatever it holds."""
+    paths = job_paths(folder, record)
+    if record["launcher"] == "slurm":
+        cluster_state = states.get(record["job_id"], "UNKNOWN")
         if cluster_state in SLURM_PENDING:
             return "pending", f"SLURM {cluster_state}", []
         if cluster_state in SLURM_RUNNING:
-            return "running", f"on {_host(folder, record)}" if _host(folder, record) else "", []
-        if cluster_state not in ("COMPLETED", "UNKNOWN", ""):
+            return "running", f"on {_host(folder, name)}" if _host(folder, name) else "", []
+        if cluster_state == "COMPLETED":  # the job's command exited 0 (submitit exits 1 on an exception)
+            return "ended", "", []
+        if cluster_state != "UNKNOWN":
             return "failed", f"SLURM {cluster_state}", _log_tail(paths)
-    elif _local_alive(job_id):
-        return "running", "", []
-    outcome = _outcome(paths)
-    if outcome is None:
-        if record.get("launcher") == "slurm" and cluster_state == "UNKNOWN":
+        if _ending(folder, name, record) is None:  # not in sacct: submitted a moment ago, or forgotten
             return "pending", "not in sacct yet", []
-        return "failed", "it ended without a result (killed?)", _log_tail(paths)
-    kind, payload = outcome
-    if kind == "success":
+    elif _local_alive(record):
+        return "running", "", []
+    ending = _ending(folder, name, record)  # read after the process: a job writes it before it ends
+    if ending is not None and ending.get("outcome") == "finished":
         return "ended", "", []
-    return "failed", _last_error_line(str(payload)), _log_tail(paths)
+    detail = _error_line(paths) or ("it ended without finishing its run" if ending is not None
+                                    else "it ended without a result (killed?)")
+    return "failed", detail, _log_tail(paths)
 
 
-def _host(folder: Path, record: dict) -> str:
-    path = Path(folder) / f"{record.get('name', '')}.process.json"
+def _process_record(folder: Path, name: str) -> dict:
+    """The job's own ``<name>.process.json`` (jobs.py), or {}."""
     try:
-        return json.loads(path.read_text()).get("host", "")
+        data = json.loads((Path(folder) / f"{name}.process.json").read_text())
     except (OSError, ValueError):
-        return ""
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
-def _local_alive(job_id: str) -> bool:
-    """A local job's id is its controller's process id: alive, and not a zombie."""
+def _host(folder: Path, name: str) -> str:
+    return str(_process_record(folder, name).get("host") or "")
+
+
+def _ending(folder: Path, name: str, record: dict) -> dict | None:
+    """How the recorded job's command ended, as the job wrote it (JSON), or None while it has
+    not (or when the record is another job's)."""
+    data = _process_record(folder, name)
+    if str(data.get("job_id")) != record["job_id"] or data.get("outcome") is None:
+        return None
+    return data
+
+
+def _local_alive(record: dict) -> bool:
+    """Whether a local job's controller runs: the process of its id, not a zombie, started
+    when the job was submitted, and running submitit's controller. A process id alone is
+    not enough: it is reused, and a folder from elsewhere may name any live process."""
+    pid = int(record["job_id"])
     try:
-        pid = int(job_id)
         os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child that has ended
-    except (ValueError, ChildProcessError):
+    except ChildProcessError:
         pass
     try:
-        os.kill(int(job_id), 0)
-    except (ValueError, ProcessLookupError, PermissionError):
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # PermissionError: another user's process
         return False
+    facts = _process_facts(pid)
+    if facts is None:  # ended a moment ago; or no /proc (not Linux), where the process id is all there is
+        return not Path("/proc/self").is_dir()
+    state, started, command = facts
+    if state == "Z" or "submitit.local._local" not in command:
+        return False
+    return record.get("process_start") in (None, started)
+
+
+def _process_facts(pid: int) -> tuple[str, str, str] | None:
+    """(state, start time in clock ticks after boot, command line) from /proc, or None."""
     try:
-        status = Path(f"/proc/{int(job_id)}/stat").read_text()
-        return status.rsplit(")", 1)[1].split()[0] != "Z"
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        return fields[0], fields[19], command  # fields 3 and 22 of proc(5)
     except (OSError, IndexError):
-        return True
-
-
-def _outcome(paths):
-    if not paths.result_pickle.exists():
         return None
-    try:
-        from submitit.core.utils import pickle_load
-
-        return pickle_load(paths.result_pickle)
-    except Exception:  # noqa: BLE001  (a damaged result file says as little as none)
-        return ("error", "its result file is unreadable")
 
 
-def _last_error_line(traceback_text: str) -> str:
-    lines = [line.strip() for line in traceback_text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "failed"
+def _error_line(paths) -> str:
+    """The exception a job ended with: the last line of the traceback submitit logs after
+    "Submitted job triggered an exception" (the log, read as text)."""
+    lines = _log_lines(paths.stderr)
+    marks = [i for i, line in enumerate(lines) if "Submitted job triggered an exception" in line]
+    after = lines[marks[-1] + 1:] if marks else []
+    return after[-1][:300] if after else ""
 
 
 def _log_tail(paths, count: int = LOG_TAIL_LINES) -> list[str]:
     for path in (paths.stderr, paths.stdout):
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, handle.tell() - 8192))
-                text = handle.read().decode(errors="replace")
-        except OSError:
-            continue
-        lines = [line.rstrip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+        lines = _log_lines(path)
         # submitit's own traceback of the job's exception repeats the detail: show what led to it
         wrapper = [i for i, line in enumerate(lines) if "Submitted job triggered an exception" in line]
         if wrapper and wrapper[-1] > 0:
@@ -384,6 +435,20 @@ def _log_tail(paths, count: int = LOG_TAIL_LINES) -> list[str]:
         if lines:
             return lines[-count:]
     return []
+
+
+def _log_lines(path: Path, size: int = 8192) -> list[str]:
+    """The non-blank lines of a log's last ``size`` bytes, without control characters (a
+    log from someone else's folder must not drive the terminal)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - size))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return []
+    lines = text.replace("\r", "\n").splitlines()
+    return ["".join(c if c.isprintable() else "?" for c in line.rstrip()) for line in lines if line.strip()]
 
 
 # ---------------------------------------------------------------- launching
@@ -436,7 +501,8 @@ def _submit_round(slots, options, folder, job_name, status_only, retry, submitte
     for slot in chosen:
         slot.check()
     if chosen:
-        executor = make_executor(options, folder, job_name)
+        submission = _new_folder(folder)
+        executor = make_executor(options, submission, job_name)
         jobs = [slot.make_job() for slot in chosen]
         if options.name == "slurm" and len(jobs) > 1:
             with executor.batch():  # one job array
@@ -446,7 +512,11 @@ def _submit_round(slots, options, folder, job_name, status_only, retry, submitte
         for slot, handle in zip(chosen, handles):
             previous = records.get(slot.name, {})
             records[slot.name] = {"name": slot.name, "job_id": str(handle.job_id), "launcher": options.name,
-                                  "attempt": previous.get("attempt", 0) + 1, "submitted": _now()}
+                                  "folder": submission.name, "attempt": previous.get("attempt", 0) + 1,
+                                  "submitted": _now()}
+            if options.name == "local":  # what tells this job's process from a later one with its id
+                facts = _process_facts(int(handle.job_id))
+                records[slot.name]["process_start"] = facts[1] if facts else None
             statuses[slot.name] = JobStatus(slot.name, "pending", str(handle.job_id),
                                             "submitted" + (f" again (attempt {records[slot.name]['attempt']})"
                                                            if previous else ""))
@@ -458,6 +528,19 @@ def _submit_round(slots, options, folder, job_name, status_only, retry, submitte
                                         f"not submitted yet: at most {options.jobs} jobs at once (--jobs); "
                                         "submitted as others end (--wait) or when the command runs again")
     return [statuses[slot.name] for slot in slots]
+
+
+def _new_folder(parent: Path) -> Path:
+    """A submission's folder for submitit's pickles and logs, made now and so empty:
+    submitit's job loads its submission pickle by name, and one planted under that name in
+    a shared jobs/ folder would run instead (mkdir fails on any name already there)."""
+    while True:
+        path = parent / f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
 
 
 def format_statuses(statuses: list[JobStatus]) -> str:

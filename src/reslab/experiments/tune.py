@@ -53,6 +53,7 @@ import yaml
 
 from ..config import RunConfig, from_dict, load, validate
 from ..errors import Interrupted, ReslabError
+from ..extras import missing_extra
 from ..runfs import atomic_write_json, atomic_write_text
 from ..train.loop import train
 from ..train.observers import Observer
@@ -161,7 +162,7 @@ def need_optuna():
     try:
         import optuna
     except ImportError:
-        raise ReslabError("reslab tune needs Optuna: pip install 'reslab[tune]'") from None
+        raise missing_extra("reslab tune", "tune") from None
     return optuna
 
 
