@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup setup-test browser real-data demo test test-fast test-isa study bench time-to-accuracy constraints clean
+.PHONY: setup setup-test browser real-data demo test test-fast test-isa study bench time-to-accuracy gpu-data gpu-check constraints clean
 
 setup: $(VENV)/.installed
 
@@ -70,6 +70,20 @@ bench: setup-test
 
 time-to-accuracy: setup-test real-data
 	$(BIN)/python benchmarks/time_to_accuracy.py --data-root $(FASHION_MNIST)
+
+# The GPU check (issue 22): the CUDA tests, training speed against the reference loop and time
+# to accuracy on Fashion-MNIST, results in $(OUT) (default runs/gpu-check). A session lent a GPU
+# runs `make gpu-data` here, then the device tool's call in benchmarks/gpu_check.py's header.
+# DRY=1: every stage on the CPU at a tiny size (the suite runs it: tests/test_gpu_check.py).
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	PYTHONPATH=src $(GPU_PYTHON) benchmarks/gpu_check.py --out $(or $(OUT),runs/gpu-check) \
+	  --data data/fashion-mnist $(if $(DRY),--dry-run)
+
+# Fashion-MNIST's IDX files inside the tree (data/ is git-ignored): what the device tool carries.
+gpu-data: real-data
+	mkdir -p data/fashion-mnist
+	cp $(FASHION_MNIST)/*-ubyte.gz data/fashion-mnist/
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

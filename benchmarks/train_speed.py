@@ -5,9 +5,18 @@ NCHW, a plain SGD step), on the same model, batch and data, in the same run.
     python benchmarks/train_speed.py            # ResNet-20 and ResNet-56, 3 repeats
     python benchmarks/train_speed.py --quick    # ResNet-20 only, 2 repeats
     python benchmarks/train_speed.py --shape fashion --no-inference   # real 28x28x1 Fashion-MNIST
+    python benchmarks/train_speed.py --device cuda --compile --images 25600 --json out.json   # a GPU
 
 Every figure is the median of the repeats; the variants are interleaved so that a noisy
-machine slows them alike. Prints tables and writes benchmarks/results/train_speed.json.
+machine slows them alike. Prints tables and writes benchmarks/results/train_speed.json
+(or --json), after every model, so that a run cut short keeps what it measured.
+
+On a GPU the reference loop is the common scripts' too (kuangliu/pytorch-cifar: DataLoader
+with 2 workers and no pinned memory, ``.to(device)`` per batch, ``cudnn.benchmark = True``),
+and the clocks stop after ``torch.cuda.synchronize()``. The reslab variants there are fp32
+and bf16, NCHW and channels-last, and with --compile bf16 channels-last under
+``train.compile_mode=reduce-overhead`` (CUDA graphs); their rate is the second epoch's, so
+compilation is excluded and reported apart (``first_epoch_seconds``).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from conftest import write_cifar_archive  # noqa: E402  (the official archive fo
 from reslab import create_model  # noqa: E402
 from reslab.config import load  # noqa: E402
 from reslab.data.cifar import read_cifar  # noqa: E402
+from reslab.device import resolve_device  # noqa: E402
 from reslab.models.summary import count_macs  # noqa: E402
 from reslab.train.loop import train  # noqa: E402
 
@@ -55,7 +65,8 @@ class PilCifar(Dataset):
         return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
 
 
-def reference_epoch(model_name: str, images, labels, batch_size: int, workers: int) -> float:
+def reference_epoch(model_name: str, images, labels, batch_size: int, workers: int,
+                    device: torch.device = torch.device("cpu")) -> float:
     """Images/s of one epoch of the reference loop (model built and warmed first); ``images``
     are (N, H, W, 3) colour or (N, H, W) grey, padded by 4 or 2 pixels as the scripts do."""
     grey = images.ndim == 3
@@ -65,40 +76,65 @@ def reference_epoch(model_name: str, images, labels, batch_size: int, workers: i
                            T.Normalize(mean, std)])
     loader = DataLoader(PilCifar(images, labels, transform), batch_size=batch_size, shuffle=True,
                         num_workers=workers, drop_last=True, persistent_workers=workers > 0)
-    model = create_model(model_name, in_channels=1 if grey else 3)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the scripts set it on a GPU
+    model = create_model(model_name, in_channels=1 if grey else 3).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     criterion = nn.CrossEntropyLoss()
     model.train()
     seen, started = 0, None
     for i, (x, y) in enumerate(loader):
         if i == 2:  # the first batches include worker start-up
+            synchronize(device)
             started, seen = time.perf_counter(), 0
+        x, y = x.to(device), y.to(device)
         loss = criterion(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         seen += len(y)
+    synchronize(device)
     return seen / (time.perf_counter() - started)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so that a host clock reads the time it took."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def reslab_epoch(model_name: str, root: Path, out: Path, batch_size: int, overrides: list[str], tag: str,
-                 data: list[str] | None = None) -> float:
-    """Images/s of reslab's own loop (train()), from its history: the second epoch, evaluation excluded."""
+                 data: list[str] | None = None, device: str = "auto") -> tuple[float, float]:
+    """reslab's own loop (train()): the second epoch's images/s (evaluation excluded) and the
+    first epoch's seconds (which hold cuDNN's autotuning and any compilation)."""
     config = load("paper-cifar10-resnet20", [
         f"model.name={model_name}", f"data.root={root}", "data.download=false", "data.val_size=256",
         f"train.batch_size={batch_size}", "train.epochs=2", "train.max_iters=null", f"output.dir={out}",
-        f"output.name={tag}-{time.time_ns()}", "output.plots=false", *overrides, *(data or [])])
+        f"output.name={tag}-{time.time_ns()}", "output.plots=false", f"train.device={device}", *overrides,
+        *(data or [])])
     result = train(config, progress=False)
-    return result.history[-1]["images_per_second"]
+    return result.history[-1]["images_per_second"], result.history[0]["epoch_seconds"]
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+def cudagraph_skips() -> int:
+    """How often inductor has fallen back from CUDA graphs in this process (reduce-overhead)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"].get("cudagraph_skips", 0))
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device = torch.device("cpu"), size: int | None = None,
+                repeats: int = 5) -> float:
+    size = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     torch.mm(a, b)
     rates = []
     for _ in range(repeats):
+        synchronize(device)
         started = time.perf_counter()
         torch.mm(a, b)
+        synchronize(device)
         rates.append(2 * size**3 / (time.perf_counter() - started))
     return statistics.median(rates)
 
@@ -183,6 +219,32 @@ def inference_rates(model_name: str, shape, batch: int, repeats: int, variants: 
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
+def reslab_variants(device: torch.device, native_bf16: bool, compiled: bool) -> dict[str, list[str]]:
+    """The reslab settings measured on ``device``: name -> config overrides."""
+    variants = {
+        "reslab fp32": ["train.channels_last=false"],
+        "reslab fp32 channels_last": ["train.channels_last=true"],
+        "reslab bf16": ["train.precision=bf16", "train.channels_last=false"],
+        "reslab bf16 channels_last": ["train.precision=bf16", "train.channels_last=true"],
+    }
+    if not native_bf16:
+        variants = {name: value for name, value in variants.items() if "bf16" not in name}
+    if compiled and device.type == "cuda":
+        # CUDA graphs replay the whole forward and backward as one launch each: a ResNet-20
+        # step at batch 128 is hundreds of small kernels, so the launches are what it waits on.
+        variants["reslab bf16 channels_last reduce-overhead"] = [
+            "train.precision=bf16", "train.channels_last=true", "train.compile=true",
+            "train.compile_mode=reduce-overhead"]
+    elif compiled:
+        variants["reslab fp32 compiled"] = ["train.compile=true"]
+    return variants
+
+
+def write_results(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -195,31 +257,39 @@ def main() -> None:
                         help="cifar: 32x32x3 (an archive of random pixels); fashion: 28x28x1, real Fashion-MNIST "
                              f"images from {FASHION}")
     parser.add_argument("--no-inference", action="store_true", help="training only")
+    parser.add_argument("--device", default="auto", help="auto (a GPU where there is one), cpu or cuda")
+    parser.add_argument("--models", default=None, help="comma-separated (default resnet20, resnet56)")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated reslab variants to run (default: all for the device)")
+    parser.add_argument("--json", type=Path, default=None, help="where the figures go")
     args = parser.parse_args()
     repeats = args.repeats or (2 if args.quick else 3)
-    models = ["resnet20"] if args.quick else ["resnet20", "resnet56"]
+    models = args.models.split(",") if args.models else ["resnet20"] if args.quick else ["resnet20", "resnet56"]
+    device = resolve_device(args.device)
+    default_name = f"train_speed{'_fashion' if args.shape == 'fashion' else ''}.json"
+    out = args.json or Path(__file__).parent / "results" / default_name
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                           "threads": torch.get_num_threads(), "torch": torch.__version__}}
+                           "threads": torch.get_num_threads(), "torch": torch.__version__,
+                           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
+               "images_per_epoch": args.images, "batch_size": args.batch_size, "repeats": repeats}
 
-    # bf16 only where the CPU computes it natively: emulated, it takes minutes and tells nothing.
-    native_bf16 = torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    peaks = {"fp32": matmul_peak(torch.float32),
-             "bf16": matmul_peak(torch.bfloat16) if native_bf16 else float("nan")}
+    # bf16 only where the device computes it natively: emulated, it takes minutes and tells nothing.
+    native_bf16 = device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    peaks = {"fp32": matmul_peak(torch.float32, device),
+             "bf16": matmul_peak(torch.bfloat16, device) if native_bf16 else float("nan")}
     results["matmul_gflops"] = {k: v / 1e9 for k, v in peaks.items()}
-    print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s "
-          f"({torch.get_num_threads()} threads)")
+    print(f"matmul peak on {results['machine']['device']}: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s ({torch.get_num_threads()} threads)")
 
-    variants = {
-        "reslab fp32": ["train.channels_last=false"],
-        "reslab fp32 channels_last": ["train.channels_last=true"],
-        "reslab bf16": ["train.precision=bf16", "train.channels_last=false"],
-        "reslab bf16 channels_last": ["train.precision=bf16", "train.channels_last=true"],
-    }
+    variants = reslab_variants(device, native_bf16, args.compile)
     if not native_bf16:
-        variants = {name: value for name, value in variants.items() if "bf16" not in name}
         print("bf16 variants skipped: this CPU has no native bf16 (no avx512_bf16 / AMX)")
-    if args.compile:
-        variants["reslab fp32 compiled"] = ["train.compile=true"]
+    if args.variants:
+        wanted = args.variants.split(",")
+        unknown = [name for name in wanted if name not in variants]
+        if unknown:
+            parser.error(f"unknown --variants {unknown}; choose from {list(variants)}")
+        variants = {name: variants[name] for name in wanted}
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         if args.shape == "fashion":
@@ -242,12 +312,18 @@ def main() -> None:
         for model_name in models:
             macs = count_macs(create_model(model_name, in_channels=shape[0]), shape)
             rates = {"reference fp32": [], **{name: [] for name in variants}}
+            first_epochs = {name: [] for name in variants}
+            skips_before = cudagraph_skips()
             for repeat in range(repeats):
                 rates["reference fp32"].append(reference_epoch(model_name, images, labels, args.batch_size,
-                                                               args.ref_workers))
+                                                               args.ref_workers, device))
                 for name, overrides in variants.items():
-                    rates[name].append(reslab_epoch(model_name, root, root / "runs", args.batch_size, overrides,
-                                                    name.replace(" ", "-"), data))
+                    rate, first = reslab_epoch(model_name, root, root / "runs", args.batch_size, overrides,
+                                               name.replace(" ", "-"), data, str(device))
+                    rates[name].append(rate)
+                    first_epochs[name].append(first)
+                results["training"][model_name] = {"unfinished": True, "repeats": rates}
+                write_results(out, results)  # a run cut short keeps the repeats it finished
             medians = {name: statistics.median(values) for name, values in rates.items()}
             base = medians["reference fp32"]
             print(f"\ntraining {model_name} on {'x'.join(map(str, shape[::-1]))}, batch {args.batch_size}, "
@@ -259,10 +335,17 @@ def main() -> None:
                 utilisation = 6 * macs * rate / peak  # forward 2 FLOPs/MAC, backward twice that
                 rows[name] = {"images_per_second": rate, "ratio": rate / base, "peak_share": utilisation,
                               "repeats": rates[name]}
-                print(f"  {name:<28} {rate:8.0f}  {rate / base:5.2f}x  {100 * utilisation:5.1f}%")
+                if name in first_epochs:
+                    rows[name]["first_epoch_seconds"] = first_epochs[name]
+                print(f"  {name:<44} {rate:8.0f}  {rate / base:5.2f}x  {100 * utilisation:5.1f}%")
             results["training"][model_name] = rows
+            if any("reduce-overhead" in name for name in variants):  # 0: the CUDA graphs were replayed
+                results.setdefault("cudagraph_skips", {})[model_name] = cudagraph_skips() - skips_before
+            write_results(out, results)
 
-    if not args.no_inference:
+    if not args.no_inference and device.type != "cpu":
+        print("\ninference and the step profile are measured on the CPU only: skipped")
+    elif not args.no_inference:
         print("\nwhere a reslab training step's time goes (ResNet-20, fp32, ms per step, median):")
         profile = step_profile("resnet20", args.batch_size)
         results["step_profile_ms"] = profile
@@ -284,9 +367,7 @@ def main() -> None:
             results["inference"][key] = rates
             print(f"  {key:<28} " + "  ".join(f"{n}: {r:.0f}" for n, r in rates.items()))
 
-    out = Path(__file__).parent / "results" / f"train_speed{'_fashion' if args.shape == 'fashion' else ''}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_results(out, results)
     print(f"\nwritten: {out}")
 
 

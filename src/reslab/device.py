@@ -33,6 +33,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` (on the CPU) on ``device``, without making the host wait for a GPU.
+
+    A copy from ordinary (pageable) memory with ``non_blocking=False`` synchronizes the
+    stream: the host waits for every kernel queued before it, so it can no longer run
+    ahead of the GPU. From pinned memory the copy is queued like a kernel (PyTorch's
+    caching host allocator keeps the pinned block until the copy is done)."""
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -15,6 +15,7 @@ import math
 import torch
 from torch.nn import functional as F
 
+from ..device import to_device
 from .arrays import ArrayDataset
 from .normalization import Normalizer
 from .seeding import epoch_generator
@@ -140,8 +141,18 @@ class DeviceLoader:
 
     def iterate(self, start: int = 0):
         """The batches of this epoch from the ``start``-th on (a resume in mid-epoch)."""
-        for index, params in self.batch_indices()[start:]:
-            index = index.to(self.device, non_blocking=True)
+        batches = self.batch_indices()[start:]
+        if not batches:
+            return
+        # The epoch's indices and augmentation draws reach the device in one asynchronous copy
+        # each: a copy per batch from pageable memory would make the host wait for the GPU at
+        # every step (see to_device), and a step that waits cannot be queued ahead.
+        sizes = [len(index) for index, _ in batches]
+        indices = to_device(torch.cat([index for index, _ in batches]), self.device).split(sizes)
+        draws = {key: to_device(torch.cat([params[key] for _, params in batches]), self.device).split(sizes)
+                 for key in batches[0][1]}
+        for number, index in enumerate(indices):
+            params = {key: values[number] for key, values in draws.items()}
             images = self.images[index]
             if params:
                 images = self.augment.apply_uint8(images, params)

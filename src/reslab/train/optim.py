@@ -21,11 +21,28 @@ def build_optimizer(params, config: OptimConfig, fused: bool = False) -> torch.o
     multi-tensor (foreach) implementation is used.
     """
     if config.name == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                               weight_decay=config.weight_decay, fused=fused or None)
+        sgd = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                              weight_decay=config.weight_decay, fused=fused or None)
+        if fused and config.momentum:
+            zero_momentum_buffers(sgd)
+        return sgd
     optimizer = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
     return optimizer(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
                      fused=fused or None)
+
+
+def zero_momentum_buffers(sgd: torch.optim.SGD) -> None:
+    """Start fused SGD from zero momentum buffers.
+
+    Fused SGD's first step makes its buffers with ``torch.empty_like`` and lets the kernel
+    fill them; when the fp16 GradScaler skips that step (an overflow, routine while the
+    scale settles) the kernel returns early and the buffers keep whatever the memory held,
+    which the next step builds on: NaN weights two steps in. From zeros the first step is
+    the same (buffer = momentum * 0 + g = g, no dampening) and a skipped step leaves zeros.
+    """
+    for group in sgd.param_groups:
+        for parameter in group["params"]:
+            sgd.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
 
 
 def lr_factor(config: ScheduleConfig, step: int, steps_per_epoch: int, total_steps: int, base_lr: float) -> float:

@@ -36,7 +36,9 @@ def train_step(forward: nn.Module, images: torch.Tensor, targets: torch.Tensor, 
             share = len(part) / len(images)  # each micro-batch's mean loss weighs by its images
             scaler.scale(loss * share if len(parts) > 1 else loss).backward()
         losses.append(loss.detach() * share)
-        outputs.append(logits.detach())
+        # Copied when there is a next micro-batch: under compile's reduce-overhead mode the
+        # logits live in a CUDA graph's output memory, which its next replay overwrites.
+        outputs.append(logits.detach().clone() if not syncing else logits.detach())
     if clip_grad_norm is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not fp16-scaled ones
         torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]],
