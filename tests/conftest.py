@@ -94,3 +94,169 @@ def keras():
 
     assert keras.backend.backend() == "torch"
     return keras
+
+
+# ---------------------------------------------------------------- small model files for bad-input tests
+
+
+def write_hub_folder(folder: Path, model_name: str = "resnet8", channels: int = 1, image_size: int = 8,
+                     num_classes: int = 10, dataset: str | None = "digits", decoder: str = "pil",
+                     seed: int = 0) -> Path:
+    """A hub folder as ``reslab export --format hub`` writes it (config.json and model.safetensors),
+    of an untrained ``model_name``: by default the digits' shape (1 channel, 8x8, 10 classes), so
+    that ``reslab evaluate`` runs on it without files."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from reslab.data.sources import preprocessing
+    from reslab.models import create_model
+    from reslab.models.weights.hub import CONFIG_FILE, WEIGHTS_FILE, hub_config
+
+    torch.manual_seed(seed)
+    model = create_model(model_name, num_classes=num_classes, in_channels=channels)
+    mean, std = [0.3] * channels, [0.25] * channels
+    meta = {"model": model_name, "model_options": {}, "num_classes": num_classes, "in_channels": channels,
+            "classes": [str(i) for i in range(num_classes)], "image_size": [image_size] * 2, "mean": mean,
+            "std": std, "dataset": dataset, "task": "single-label", "threshold": 0.5,
+            "preprocess": preprocessing(image_size, None, False, mean, std, channels, decoder=decoder)}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(folder / WEIGHTS_FILE))
+    (folder / CONFIG_FILE).write_text(json.dumps(hub_config(meta, model.num_features), indent=2))
+    return folder
+
+
+def tiny_resnet_v2(num_classes: int = 5):
+    """A ``ResNetV2`` with Keras's layer names and order, but narrow (4 to 32 filters) and two
+    blocks a stage: Keras files of a few hundred KB, for many bad-input cases."""
+    from torch import nn
+
+    from reslab.models.preact import ResNetV2, keras_bn, keras_v2_stage
+
+    class TinyResNetV2(ResNetV2):
+        def __init__(self):
+            nn.Module.__init__(self)  # ResNetV2's own widths are ImageNet's
+            self.blocks, self.num_classes = (2, 2, 2, 2), num_classes
+            self.conv1_pad, self.conv1 = nn.ZeroPad2d(3), nn.Conv2d(3, 8, 7, stride=2, bias=True)
+            self.pool1_pad, self.pool1 = nn.ZeroPad2d(1), nn.MaxPool2d(3, stride=2)
+            self.conv2 = keras_v2_stage(8, 4, 2, 2)
+            self.conv3 = keras_v2_stage(16, 8, 2, 2)
+            self.conv4 = keras_v2_stage(32, 16, 2, 2)
+            self.conv5 = keras_v2_stage(64, 32, 2, 1)
+            self.num_features = 128
+            self.post_bn, self.relu = keras_bn(self.num_features), nn.ReLU(inplace=True)
+            self.fc = self._classifier(num_classes)
+
+    return TinyResNetV2()
+
+
+def _keras_variables(model) -> list[tuple[str, str, dict[str, np.ndarray]]]:
+    """(Keras layer name, Keras class, {variable: array}) of a ResNetV2 in Keras's layer order,
+    laid out as Keras stores them (conv kernels H, W, in, out; dense kernels in, out)."""
+    from reslab.models.weights.keras_weights import keras_v2_layers
+
+    state = {key: value.numpy() for key, value in model.state_dict().items()}
+    rng = np.random.default_rng(0)
+    layers = []
+    for layer in keras_v2_layers(model):
+        prefix = layer.module
+        if layer.kind == "conv":
+            variables = {"kernel": state[f"{prefix}.weight"].transpose(2, 3, 1, 0)}
+            if f"{prefix}.bias" in state:
+                variables["bias"] = state[f"{prefix}.bias"]
+            layers.append((layer.name, "Conv2D", variables))
+        elif layer.kind == "bn":
+            size = state[f"{prefix}.weight"].shape
+            layers.append((layer.name, "BatchNormalization", {
+                "gamma": rng.uniform(0.5, 1.5, size).astype("float32"),
+                "beta": rng.normal(0, 0.1, size).astype("float32"),
+                "moving_mean": rng.normal(0, 0.1, size).astype("float32"),
+                "moving_variance": rng.uniform(0.5, 1.5, size).astype("float32")}))
+        else:
+            layers.append((layer.name, "Dense", {"kernel": state[f"{prefix}.weight"].T,
+                                                 "bias": state[f"{prefix}.bias"]}))
+    return layers
+
+
+def write_keras_h5(path: Path, model) -> Path:
+    """``model`` (a ResNetV2) as Keras's legacy whole-model ``.h5`` (``model.save("x.h5")``):
+    model_weights/<layer>/<layer>/<variable>:0, listed in layer_names and weight_names."""
+    import h5py
+
+    layers = _keras_variables(model)
+    with h5py.File(path, "w") as file:
+        root = file.create_group("model_weights")
+        root.attrs["layer_names"] = [name.encode() for name, _, _ in layers]
+        for name, _, variables in layers:
+            group = root.create_group(name)
+            group.attrs["weight_names"] = [f"{name}/{key}:0".encode() for key in variables]
+            for key, array in variables.items():
+                group.create_dataset(f"{name}/{key}:0", data=array)
+    return path
+
+
+def write_keras_archive(path: Path, model) -> Path:
+    """``model`` (a ResNetV2) as Keras 3's ``.keras`` archive: config.json naming the layers in
+    order, model.weights.h5 with layers/<class in snake case>[_<n>]/vars/<i>."""
+    import json
+    import zipfile
+
+    import h5py
+
+    from reslab.models.weights.keras_files import snake_case
+
+    layers = _keras_variables(model)
+    config = {"class_name": "Functional", "config": {"name": "resnet50v2", "layers": [
+        {"class_name": "InputLayer", "config": {"name": "input_layer"}},
+        *({"class_name": kind, "config": {"name": name, "use_bias": "bias" in variables}}
+          for name, kind, variables in layers)]}}
+    weights = path.with_name(path.name + ".weights.h5")
+    counts: dict[str, int] = {}
+    with h5py.File(weights, "w") as file:
+        group = file.create_group("layers")
+        for _, kind, variables in layers:
+            key = snake_case(kind)
+            index = counts.get(key, 0)
+            counts[key] = index + 1
+            stored = group.create_group(key if index == 0 else f"{key}_{index}").create_group("vars")
+            for i, array in enumerate(variables.values()):
+                stored.create_dataset(str(i), data=array)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps(config))
+        archive.writestr("metadata.json", json.dumps({"keras_version": "3.15.1"}))
+        archive.write(weights, "model.weights.h5")
+    weights.unlink()
+    return path
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, body) of each chunk of a PNG file."""
+    chunks, position = [], 8
+    while position + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[position:position + 4])
+        chunks.append((data[position + 4:position + 8], data[position + 8:position + 8 + length]))
+        position += 12 + length
+    return chunks
+
+
+def png_from_chunks(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    """A PNG file of these chunks, each with a correct CRC (so that only what they hold is wrong)."""
+    import zlib
+
+    body = b"".join(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+                    for kind, data in chunks)
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def png_with_a_bad_data_check(width: int = 24, height: int = 16) -> bytes:
+    """An RGB PNG whose IDAT zlib stream ends in a wrong Adler-32 ("incorrect data check"), the
+    chunk CRC correct: libpng reports it through longjmp, and torchvision.io's PNG decoder
+    crashes the process (SIGSEGV) on it."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, "PNG")
+    chunks = [(kind, data[:-4] + bytes(b ^ 0xFF for b in data[-4:]) if kind == b"IDAT" else data)
+              for kind, data in png_chunks(buffer.getvalue())]
+    return png_from_chunks(chunks)

@@ -90,3 +90,41 @@ def test_saved_config_is_plain_yaml(tmp_path):
 def test_text_fields_keep_text_that_yaml_would_read_as_booleans_or_numbers():
     config = apply_overrides(RunConfig(), ["output.name=no", "model.freeze=2", "model.pretrained=1.5"])
     assert config.output.name == "no" and config.model.freeze == "2" and config.model.pretrained == "1.5"
+
+
+# ---------------------------------------------------------------- other documents parsed by the same rules
+
+
+def test_parse_fields_types_a_document_section_as_config_keys_are_typed():
+    from dataclasses import dataclass, field
+    from typing import Any, Literal
+
+    from reslab.config import parse_fields
+
+    @dataclass
+    class Inner:
+        size: int
+        mode: Literal["a", "b"] = "a"
+
+    @dataclass
+    class Outer:
+        inner: Inner
+        scale: float = 1.0
+        names: list[str] = field(default_factory=list)
+        free: Any = None
+
+    parsed = parse_fields(Outer, {"inner": {"size": 8.0, "mode": "b"}, "scale": 2, "free": {"x": [1]}}, "doc")
+    assert parsed == Outer(Inner(8, "b"), 2.0, [], {"x": [1]})
+    assert parse_fields(Outer, {"inner": {"size": 1}, "extra": 1}, "doc", ignore_unknown=True).inner.size == 1
+    refusals = [({"inner": {"size": 1, "mod": "a"}},
+                 "unknown config key 'doc.inner.mod' (did you mean 'doc.inner.mode'?)"),
+                ({"inner": "big"}, "config key 'doc.inner' must be a mapping of keys to values, got 'big'"),
+                ({"inner": {"size": "8"}}, "config key 'doc.inner.size' must be int, got '8'"),
+                ({"inner": {"size": 1, "mode": 1}}, "config key 'doc.inner.mode' must be one of a, b, got 1"),
+                ({"inner": {}}, "config key 'doc.inner.size' is missing"),
+                ({"inner": {"size": 1}, "scale": float("nan")}, "config key 'doc.scale' must be a finite number"),
+                ({"inner": {"size": 1}, "extra": 1}, "unknown config key 'doc.extra'")]
+    for data, message in refusals:
+        with pytest.raises(ReslabError) as caught:
+            parse_fields(Outer, data, "doc")
+        assert str(caught.value).startswith(message), str(caught.value)

@@ -77,7 +77,7 @@ def test_a_missing_tracker_package_names_the_extra(monkeypatch, tmp_path):
     import sys
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` meets where it is not installed
-    with pytest.raises(ReslabError, match=r"needs the 'wandb' package: pip install 'reslab\[wandb\]'"):
+    with pytest.raises(ReslabError, match=r"output.logger=wandb needs wandb: pip install -e '\.\[wandb\]' in the reslab clone"):
         train(quick_config(tmp_path, "output.logger=wandb", "train.epochs=1"), progress=False)
 
 
@@ -315,7 +315,7 @@ def test_auto_prefers_torchcodec_and_torchvision_never_decodes_pngs_under_auto(m
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchcodec" else real(name, *a))
     assert decoding.resolve_decoder("auto") == "torchvision-jpeg"
-    with pytest.raises(ReslabError, match=r"pip install 'reslab\[torchcodec\]'"):
+    with pytest.raises(ReslabError, match=r"pip install -e '\.\[torchcodec\]'"):
         decoding.resolve_decoder("torchcodec")
     assert decoding.resolve_decoder("torchcodec", strict=False) == "torchvision-jpeg"
     calls = []

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import quick_config
+from conftest import quick_config, write_hub_folder
 from reslab.checkpoint import save_checkpoint
 from reslab.cli import main
 from reslab.config import from_dict
@@ -308,3 +308,165 @@ def test_hf_hub_name_without_a_network_is_one_clear_error_line(network, tmp_path
 
     with pytest.raises(ReslabError, match="cannot download hf-hub:someone/model"):  # model.pretrained=hf-hub:...
         load_pretrained(create_model("resnet18"), "hf-hub:someone/model")
+
+
+# ---------------------------------------------------------------- bad hub folders: one error line each
+
+
+@pytest.fixture(scope="module")
+def bad_input_folders(tmp_path_factory):
+    """A reslab hub folder (ResNet-8, the digits' shape), a timm-layout one (ResNet-18, no
+    reslab section) and an image, for config.json cases that must each end in one error line."""
+    folder = tmp_path_factory.mktemp("bad-hub")
+    own = write_hub_folder(folder / "own")
+    timm_layout = write_hub_folder(folder / "timm", "resnet18", channels=3, image_size=32, num_classes=4)
+    config = json.loads((timm_layout / "config.json").read_text())
+    del config["reslab"]
+    (timm_layout / "config.json").write_text(json.dumps(config))
+    Image.new("RGB", (20, 16), (90, 140, 200)).save(folder / "image.png")
+    return SimpleNamespace(own=own, timm=timm_layout, image=folder / "image.png")
+
+
+def _mutated(source, tmp_path, changes: dict):
+    """A copy of the hub folder ``source`` with ``changes`` ({"a.b.c": value}) made to its config.json."""
+    folder = tmp_path / "mutated"
+    shutil.copytree(source, folder)
+    config = json.loads((folder / "config.json").read_text())
+    for path, value in changes.items():
+        *parents, key = path.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+PRE = "reslab.preprocess"
+BAD_OWN_CONFIGS = {
+    "preprocess a string": ({PRE: "bilinear"}, "reslab.preprocess"),
+    "preprocess a list": ({PRE: [8, 8]}, "reslab.preprocess"),
+    "resize a nested mapping": ({f"{PRE}.resize_size": {"size": 9}, f"{PRE}.center_crop": True}, "resize_size"),
+    "image size a mapping": ({f"{PRE}.image_size": {"side": 8}}, "image_size"),
+    "centre crop a word": ({f"{PRE}.center_crop": "yes"}, "center_crop"),
+    "negative resize": ({f"{PRE}.resize_size": -5, f"{PRE}.center_crop": True}, "resize_size"),
+    "resize a string": ({f"{PRE}.resize_size": "big", f"{PRE}.center_crop": True}, "resize_size"),
+    "huge resize": ({f"{PRE}.resize_size": 10**9, f"{PRE}.center_crop": True}, "resize_size"),
+    "unknown interpolation": ({f"{PRE}.interpolation": "lanczos9"}, "interpolation"),
+    "integer interpolation": ({f"{PRE}.interpolation": 3}, "interpolation"),
+    "unknown decoder": ({f"{PRE}.decoder": "imagemagick"}, "decoder"),
+    "input of 4096": ({"reslab.image_size": [4096, 4096], f"{PRE}.image_size": 4096}, "4096"),
+    "std near zero": ({"pretrained_cfg.std": [1e-30]}, "std"),
+    "negative std": ({"pretrained_cfg.std": [-0.2]}, "std"),
+    "model option clashing with a builder argument": ({"reslab.model_options": {"in_channels": 5}}, "in_channels"),
+    "model option of an unknown value": ({"reslab.model_options": {"shortcut": "Z"}}, "shortcut"),
+    "unknown key in the reslab section": ({"reslab.preprocess.resize": 9}, "did you mean"),
+    "unknown task": ({"reslab.task": "regression"}, "task"),
+    "threshold a word": ({"reslab.threshold": "half"}, "threshold"),
+    "pretrained_cfg a list": ({"pretrained_cfg": [1, 2]}, "pretrained_cfg"),
+}
+BAD_TIMM_CONFIGS = {
+    "crop_pct of 0": ({"pretrained_cfg.crop_pct": 0}, "crop_pct"),
+    "negative crop_pct": ({"pretrained_cfg.crop_pct": -0.875}, "crop_pct"),
+    "tiny crop_pct": ({"pretrained_cfg.crop_pct": 1e-9}, "crop_pct"),
+    "crop_pct a string": ({"pretrained_cfg.crop_pct": "most"}, "crop_pct"),
+    "unknown interpolation": ({"pretrained_cfg.interpolation": "lanczos9"}, "interpolation"),
+    "integer interpolation": ({"pretrained_cfg.interpolation": 2}, "interpolation"),
+    "input_size of 4096": ({"pretrained_cfg.input_size": [3, 4096, 4096]}, "4096"),
+    "input_size a string": ({"pretrained_cfg.input_size": "224"}, "input_size"),
+    "input_size of two numbers": ({"pretrained_cfg.input_size": [224, 224]}, "input_size"),
+    "std near zero": ({"pretrained_cfg.std": [1e-30, 0.2, 0.2]}, "std"),
+    "unknown crop mode": ({"pretrained_cfg.crop_mode": "border"}, "crop_mode"),
+    "in_chans a word": ({"model_args": {"in_chans": "three"}}, "in_chans"),
+}
+
+
+def _assert_one_error_line(code: int, err: str, *words: str) -> None:
+    assert code == 2, err
+    assert err.startswith("reslab: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and all(word in err for word in words), err
+
+
+@pytest.mark.parametrize("case", list(BAD_OWN_CONFIGS), ids=list(BAD_OWN_CONFIGS))
+def test_a_bad_reslab_hub_config_is_one_error_line_in_predict_and_as_pretrained(case, bad_input_folders, tmp_path,
+                                                                                capsys):
+    changes, named = BAD_OWN_CONFIGS[case]
+    folder = _mutated(bad_input_folders.own, tmp_path, changes)
+    code, out, err = run_cli(capsys, "predict", folder, bad_input_folders.image, "--device", "cpu")
+    _assert_one_error_line(code, err, "config.json", named)
+    assert out == ""
+    with pytest.raises(ReslabError, match="config.json"):  # model.pretrained=DIR
+        load_pretrained(create_model("resnet8", num_classes=10, in_channels=1), str(folder))
+
+
+@pytest.mark.parametrize("case", list(BAD_TIMM_CONFIGS), ids=list(BAD_TIMM_CONFIGS))
+def test_a_bad_timm_hub_config_is_one_error_line(case, bad_input_folders, tmp_path, capsys):
+    changes, named = BAD_TIMM_CONFIGS[case]
+    folder = _mutated(bad_input_folders.timm, tmp_path, changes)
+    code, _, err = run_cli(capsys, "predict", folder, bad_input_folders.image, "--device", "cpu")
+    _assert_one_error_line(code, err, "config.json", named)
+
+
+@pytest.mark.parametrize("case", ["preprocess a string", "huge resize", "std near zero", "unknown interpolation"])
+def test_a_bad_hub_config_is_one_error_line_in_evaluate(case, bad_input_folders, tmp_path, capsys):
+    changes, named = BAD_OWN_CONFIGS[case]
+    folder = _mutated(bad_input_folders.own, tmp_path, changes)
+    code, _, err = run_cli(capsys, "evaluate", folder, "--device", "cpu")
+    _assert_one_error_line(code, err, named)
+
+
+def test_the_untouched_bad_input_folders_are_read(bad_input_folders, capsys):
+    """The cases above differ from working folders by their one change only."""
+    for folder in (bad_input_folders.own, bad_input_folders.timm):
+        code, out, err = run_cli(capsys, "predict", folder, bad_input_folders.image, "--format", "json",
+                                 "--device", "cpu")
+        assert code == 0, err
+        assert len(json.loads(out)["results"]) == 1
+
+
+def test_an_absurd_architecture_is_refused_before_anything_is_built(bad_input_folders, tmp_path, capsys):
+    import time
+
+    folder = _mutated(bad_input_folders.own, tmp_path, {"architecture": "wrn9994_64", "reslab.model": "wrn9994_64"})
+    start = time.perf_counter()
+    code, _, err = run_cli(capsys, "predict", folder, bad_input_folders.image, "--device", "cpu")
+    _assert_one_error_line(code, err, "config.json", "WRN-9994-64", "parameters")
+    assert time.perf_counter() - start < 5  # refused from its options, not after allocating them
+
+
+def test_nan_weights_in_a_hub_folder_are_one_error_line_in_evaluate_and_predict(bad_input_folders, tmp_path,
+                                                                               capsys):
+    from safetensors.torch import load_file
+
+    folder = _mutated(bad_input_folders.own, tmp_path, {})
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    save_file(weights, str(folder / "model.safetensors"))
+    code, _, err = run_cli(capsys, "evaluate", folder, "--device", "cpu")
+    _assert_one_error_line(code, err, "layer2.0.conv1.weight", "not finite")
+    code, out, err = run_cli(capsys, "predict", folder, bad_input_folders.image, "--device", "cpu")
+    _assert_one_error_line(code, err, "layer2.0.conv1.weight", "not finite")
+    assert out == ""
+
+
+def test_outputs_that_are_not_finite_are_refused_rather_than_printed(bad_input_folders, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    folder = _mutated(bad_input_folders.own, tmp_path, {})
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["fc.weight"].fill_(3e38)  # finite weights whose logits overflow to infinity
+    save_file(weights, str(folder / "model.safetensors"))
+    code, out, err = run_cli(capsys, "predict", folder, bad_input_folders.image, "--device", "cpu")
+    _assert_one_error_line(code, err, "not finite")
+    assert out == ""
+    code, _, err = run_cli(capsys, "evaluate", folder, "--device", "cpu")
+    _assert_one_error_line(code, err, "not finite")
+
+
+def test_the_hub_schema_reads_every_key_the_writer_writes():
+    import dataclasses
+
+    from reslab.models.weights.hub import RESLAB_KEYS
+    from reslab.models.weights.hub_schema import ReslabSection
+
+    assert {f.name for f in dataclasses.fields(ReslabSection)} == {*RESLAB_KEYS, "timm"}

@@ -7,7 +7,10 @@ import base64
 import http.client
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import quick_config
+from conftest import png_with_a_bad_data_check, quick_config, write_hub_folder
 from reslab.cli import build_parser, main
 from reslab.config import from_dict
 from reslab.data import DeviceLoader, load_splits
@@ -387,3 +390,121 @@ def test_server_serves_the_page_and_the_model_info(trained, server):
     assert status == 200 and kind.startswith("text/html") and b'type="file"' in page
     status, _, info = request(server, "GET", "/api/info")
     assert status == 200 and json.loads(info)["classes"] == trained.meta["classes"]
+
+
+# ---------------------------------------------------------------- bad input: pipes, crashing decoders, NaN
+
+
+@pytest.fixture(scope="module")
+def rgb_hub(tmp_path_factory):
+    """An RGB hub folder whose run decoded with data.decoder=torchvision, a good PNG and a PNG
+    that crashes torchvision.io's PNG decoder."""
+    folder = tmp_path_factory.mktemp("rgb-hub")
+    hub = write_hub_folder(folder / "hub", channels=3, image_size=16, num_classes=3, dataset=None,
+                           decoder="torchvision")
+    Image.new("RGB", (24, 16), (200, 30, 90)).save(folder / "good.png")
+    (folder / "bad.png").write_bytes(png_with_a_bad_data_check())
+    return SimpleNamespace(hub=hub, good=folder / "good.png", bad=folder / "bad.png")
+
+
+def _in_a_subprocess(*argv, script: str | None = None) -> subprocess.CompletedProcess:
+    """A command in a process of its own: a decoder crash kills it, not the test session."""
+    command = [sys.executable, "-c", script, *map(str, argv)] if script else [sys.executable, "-m", "reslab",
+                                                                               *map(str, argv)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_no_decoder_choice_crashes_the_process_on_a_png_with_a_bad_data_check(rgb_hub):
+    script = """
+import sys
+from reslab.data.decode import BadImage, decode
+data = open(sys.argv[1], "rb").read()
+for name in ("auto", "torchvision", "torchcodec", "pil", "torchvision-jpeg"):
+    try:
+        decode(data, name)
+        print(name, "decoded")
+    except BadImage as exc:
+        print(name, "BadImage", exc)
+"""
+    result = _in_a_subprocess(rgb_hub.bad, script=script)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])  # -11 was torchvision's SIGSEGV
+    lines = result.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [[name, "BadImage"] for name in
+                                                    ("auto", "torchvision", "torchcodec", "pil", "torchvision-jpeg")]
+
+
+def test_predict_with_a_torchvision_run_skips_and_lists_the_crashing_png(rgb_hub):
+    result = _in_a_subprocess("predict", rgb_hub.hub, rgb_hub.bad, rgb_hub.good, "--format", "json", "--device", "cpu")
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert [r["image"] for r in json.loads(result.stdout)["results"]] == [str(rgb_hub.good)]
+    assert f"skipped {rgb_hub.bad}: damaged image data" in result.stderr
+
+
+def test_the_server_of_a_torchvision_run_answers_400_to_the_crashing_png_and_stays_up(rgb_hub):
+    script = """
+import http.client, json, sys, threading
+from reslab.inference.predict import load_model
+from reslab.inference.server import make_server
+model, meta = load_model(sys.argv[1], "cpu")
+server = make_server(model, meta, port=0, quiet=True)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+for path in sys.argv[2:]:
+    body = open(path, "rb").read()
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    connection.request("POST", "/api/predict", body, {"Content-Length": str(len(body))})
+    response = connection.getresponse()
+    print(response.status, json.loads(response.read()).get("error", "predicted"))
+server.shutdown()
+"""
+    result = _in_a_subprocess(rgb_hub.hub, rgb_hub.bad, rgb_hub.good, script=script)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    first, second = result.stdout.splitlines()
+    assert first.startswith("400 refused: damaged image data")
+    assert second == "200 predicted"
+
+
+def test_predict_skips_a_pipe_named_like_an_image_instead_of_waiting_on_it(rgb_hub, tmp_path, capsys):
+    pipe = tmp_path / "camera.png"
+    os.mkfifo(pipe)
+
+    waited = []
+
+    def unblock():  # only if predict opened the pipe and waits for a writer: let it go on, and fail below
+        try:
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO when nobody reads it
+            waited.append(True)
+        except OSError:
+            pass
+
+    rescue = threading.Timer(20, unblock)
+    rescue.daemon = True
+    rescue.start()
+    try:
+        code, out, err = run_cli(capsys, "predict", rgb_hub.hub, pipe, rgb_hub.good, "--format", "json",
+                                 "--device", "cpu")
+    finally:
+        rescue.cancel()
+    assert not waited, "predict waited for a writer on the pipe"
+    assert code == 0, err
+    assert [r["image"] for r in json.loads(out)["results"]] == [str(rgb_hub.good)]
+    assert f"skipped {pipe}: not a regular file" in err
+    code, _, err = run_cli(capsys, "predict", rgb_hub.hub, pipe, "--device", "cpu")
+    assert code == 2 and err.count("\n") == 1 and "not a regular file" in err
+
+
+def test_the_server_refuses_outputs_that_are_not_finite_rather_than_ranking_them(rgb_hub):
+    from reslab.inference.server import ModelService
+
+    model, meta = load_model(rgb_hub.hub, "cpu")
+    with torch.no_grad():
+        model.fc.weight.fill_(3e38)  # finite weights whose logits overflow to infinity
+    with pytest.raises(ReslabError, match="outputs are not finite"):
+        ModelService(model, meta).predict(rgb_hub.good.read_bytes())
+
+
+def test_large_inputs_go_in_batches_of_as_many_pixels_as_256_images_of_224():
+    from reslab.evaluate.runner import batch_for
+
+    assert batch_for(256, (224, 224)) == 256 and batch_for(512, (8, 8)) == 512
+    assert batch_for(256, (1024, 1024)) == 12 and batch_for(256, (512, 512)) == 49
+    assert batch_for(256, (8192, 8192)) == 1  # one image at least

@@ -5,6 +5,10 @@ weight names) and as ``.weights.h5``; checked against Keras itself (torch backen
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import time
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_resnet_v2, write_keras_archive, write_keras_h5
 from reslab.errors import ReslabError
 from reslab.models import create_model
 from reslab.models.weights import load_keras_weights
@@ -164,3 +169,130 @@ def test_a_truncated_keras_archive_is_one_clear_error(resnet50_files, tmp_path):
     (tmp_path / "broken.keras").write_bytes(data[: len(data) // 2])
     with pytest.raises(ReslabError, match="truncated or not a .keras file"):
         load_keras_weights(create_model("resnet50", stride_in="1x1"), tmp_path / "broken.keras")
+
+
+# ---------------------------------------------------------------- bad Keras files: one error line each
+
+
+@pytest.fixture(scope="module")
+def tiny_keras(tmp_path_factory):
+    """A narrow ResNetV2 with Keras's layer names, as a legacy whole-model .h5 and a .keras archive."""
+    folder = tmp_path_factory.mktemp("tiny-keras")
+    model = tiny_resnet_v2()
+    return SimpleNamespace(h5=write_keras_h5(folder / "tiny.h5", model),
+                           archive=write_keras_archive(folder / "tiny.keras", model))
+
+
+def _refused(path: Path, *words: str) -> str:
+    """The one-line error of loading ``path`` into the tiny ResNetV2, checked for ``words``."""
+    with pytest.raises(ReslabError) as caught:
+        load_keras_weights(tiny_resnet_v2(), path)
+    message = str(caught.value)
+    assert "\n" not in message and all(word in message for word in words), message
+    return message
+
+
+def _edited_h5(tiny_keras, tmp_path: Path, edit) -> Path:
+    path = tmp_path / "edited.h5"
+    shutil.copy(tiny_keras.h5, path)
+    with h5py.File(path, "r+") as file:
+        edit(file["model_weights"])
+    return path
+
+
+BN = "conv3_block1_1_bn"
+
+
+def test_the_tiny_keras_files_load(tiny_keras):
+    for path in (tiny_keras.h5, tiny_keras.archive):
+        assert load_keras_weights(tiny_resnet_v2(), path) == []
+
+
+def test_a_batch_norm_layer_without_moving_variance_is_one_line_naming_it(tiny_keras, tmp_path):
+    def edit(root):
+        group = root[BN]
+        del group[f"{BN}/moving_variance:0"]
+        names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+        group.attrs["weight_names"] = [n.encode() for n in names if "moving_variance" not in n]
+
+    _refused(_edited_h5(tiny_keras, tmp_path, edit), BN, "moving_variance")
+
+
+@pytest.mark.parametrize("value", [float("nan"), -0.5, float("inf")])
+def test_a_batch_norm_variance_that_is_nan_or_negative_is_one_line_naming_the_layer(value, tiny_keras, tmp_path):
+    def edit(root):
+        root[BN][f"{BN}/moving_variance:0"][3] = value
+
+    _refused(_edited_h5(tiny_keras, tmp_path, edit), BN, "moving_variance")
+
+
+def test_a_nan_in_a_kernel_is_one_line_naming_the_layer(tiny_keras, tmp_path):
+    def edit(root):
+        root["conv2_block2_2_conv"]["conv2_block2_2_conv/kernel:0"][0, 0, 0, 0] = float("nan")
+
+    _refused(_edited_h5(tiny_keras, tmp_path, edit), "conv2_block2_2_conv", "not finite")
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (3, 3, 16, 4, 1), ()])
+def test_a_kernel_of_the_wrong_rank_is_one_line_naming_the_layer(shape, tiny_keras, tmp_path):
+    def edit(root):
+        group = root["conv2_block1_2_conv"]
+        del group["conv2_block1_2_conv/kernel:0"]
+        group.create_dataset("conv2_block1_2_conv/kernel:0", data=np.ones(shape, np.float32))
+
+    _refused(_edited_h5(tiny_keras, tmp_path, edit), "conv2_block1_2_conv", "kernel")
+
+
+def test_an_hdf5_external_link_is_refused_not_followed(tiny_keras, tmp_path):
+    """The link points at the very data the layer needs: followed, the file would load."""
+    name = "conv1_conv/conv1_conv/kernel:0"
+    with h5py.File(tiny_keras.h5, "r") as source, h5py.File(tmp_path / "elsewhere.h5", "w") as other:
+        other.create_dataset("kernel", data=source["model_weights"][name][()])
+
+    def edit(root):
+        del root[name]
+        root[name] = h5py.ExternalLink(str(tmp_path / "elsewhere.h5"), "kernel")
+
+    _refused(_edited_h5(tiny_keras, tmp_path, edit), "external link", "conv1_conv")
+
+
+def test_a_dataset_stored_in_an_external_file_is_refused(tiny_keras, tmp_path):
+    name = "conv1_conv/conv1_conv/bias:0"
+    (tmp_path / "raw.bin").write_bytes(np.ones(8, np.float32).tobytes())
+
+    def edit(root):
+        del root[name]
+        root.create_dataset(name, shape=(8,), dtype=np.float32, external=[(str(tmp_path / "raw.bin"), 0, 32)])
+
+    _refused(_edited_h5(tiny_keras, tmp_path, edit), "outside the file", "conv1_conv")
+
+
+def test_an_unwritten_dataset_declaring_a_huge_shape_is_refused_before_reading(tmp_path):
+    path = tmp_path / "huge.h5"
+    with h5py.File(path, "w") as file:
+        root = file.create_group("model_weights")
+        root.attrs["layer_names"] = [b"conv1_conv"]
+        group = root.create_group("conv1_conv")
+        group.attrs["weight_names"] = [b"conv1_conv/kernel:0"]
+        group.create_dataset("conv1_conv/kernel:0", shape=(2**20, 2**20, 16, 16), dtype=np.float32,
+                             chunks=(1, 1, 16, 16))  # 1 PB declared, nothing written
+    assert path.stat().st_size < 16_000
+    start = time.perf_counter()
+    _refused(path, "conv1_conv", "declares")
+    assert time.perf_counter() - start < 5
+
+
+def test_a_keras_archive_that_inflates_to_gigabytes_is_refused_before_extracting(tiny_keras, tmp_path, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the archive would be extracted
+    bomb = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(tiny_keras.archive) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as target:
+        target.writestr("config.json", source.read("config.json"))
+        with target.open("model.weights.h5", "w", force_zip64=True) as member:
+            zeros = bytes(1 << 24)
+            for _ in range(16):  # 256 MiB of zeros, a quarter of a MB deflated
+                member.write(zeros)
+    assert bomb.stat().st_size < 3_000_000
+    _refused(bomb, "model.weights.h5", "GB")
+    assert sum(path.stat().st_size for path in scratch.rglob("*") if path.is_file()) == 0

@@ -124,3 +124,40 @@ def test_exact_counts_round_to_table_6s_printed_millions():
     for name, millions in CIFAR10_TABLE6_PARAMS_M.items():
         digits = 2 if millions < 1 else 1
         assert round(PAPER_COUNTS[name] / 1e6, digits) == millions, name
+
+
+# ---------------------------------------------------------------- sizes bounded from the family, before building
+
+
+def test_an_absurd_wide_resnet_is_refused_from_its_name_before_allocating_it():
+    import time
+
+    from reslab.models.registry import check_input_size
+
+    start = time.perf_counter()
+    with pytest.raises(ReslabError, match="WRN-9994-64 would have about 660 billion parameters"):
+        create_model("wrn9994_64")
+    with pytest.raises(ReslabError, match="WRN-9994-64"):  # also where only the name is checked (hub folders)
+        check_input_size("wrn9994_64", (32, 32))
+    assert time.perf_counter() - start < 1
+    check_input_size("wrn28_64", (32, 32))  # 1.6 billion: under the bound, as documented
+
+
+@pytest.mark.parametrize("name,largest", [("resnet20", 512), ("wrn16_8", 512), ("preact_resnet164", 512),
+                                          ("resnext29_8x64d", 512), ("resnet50", 1024), ("resnet50v2", 1024)])
+def test_each_family_bounds_the_input_side(name, largest):
+    from reslab.models.registry import check_input_size
+
+    check_input_size(name, (largest, largest // 2))
+    with pytest.raises(ReslabError, match=f"{name} takes images of at most {largest} pixels a side"):
+        check_input_size(name, (8, largest + 1))
+
+
+def test_a_checkpoint_meta_asking_for_a_larger_input_or_an_option_clash_builds_nothing():
+    from reslab.models import model_from_meta
+
+    meta = {"model": "resnet8", "num_classes": 10, "in_channels": 3, "image_size": [4096, 4096], "model_options": {}}
+    with pytest.raises(ReslabError, match="at most 512 pixels"):
+        model_from_meta(meta)
+    with pytest.raises(ReslabError, match="'in_channels' is not an option"):
+        model_from_meta({**meta, "image_size": [32, 32], "model_options": {"in_channels": 5}})

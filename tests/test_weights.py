@@ -265,3 +265,24 @@ def test_pickled_model_is_refused_without_unpickling_it(tmp_path):
     torch.save(create_model("resnet20"), path)
     with pytest.raises(ReslabError, match="save model.state_dict"):
         read_weights_file(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_that_are_not_finite_are_refused_naming_the_key(value, tmp_path):
+    state = create_model("resnet20").state_dict()
+    state["layer2.1.bn1.weight"][4] = value
+    torch.save(state, tmp_path / "diverged.pth")
+    model = create_model("resnet20")
+    before = model.layer2[1].bn1.weight.detach().clone()
+    with pytest.raises(ReslabError, match=r"'layer2.1.bn1.weight' holds values that are not finite \(NaN or inf"):
+        load_torchvision_weights(model, tmp_path / "diverged.pth")
+    assert torch.equal(model.layer2[1].bn1.weight, before)  # nothing loaded
+
+
+def test_weights_that_overflow_the_models_dtype_are_refused(tmp_path):
+    state = {key: value.double() if value.is_floating_point() else value
+             for key, value in create_model("resnet20").state_dict().items()}
+    state["fc.weight"][0, 0] = 1e300  # finite in the file's float64, infinite in the model's float32
+    torch.save(state, tmp_path / "float64.pth")
+    with pytest.raises(ReslabError, match=r"'fc.weight' holds values that are not finite"):
+        load_torchvision_weights(create_model("resnet20"), tmp_path / "float64.pth")

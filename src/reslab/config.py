@@ -378,6 +378,47 @@ def _coerce(value: Any, hint, name: str) -> Any:
     raise ReslabError(f"config key '{name}' must be {type_name}, got {_shown(value)}")
 
 
+def parse_fields(cls, data: Any, where: str, ignore_unknown: bool = False):
+    """A typed dataclass ``cls`` from a mapping: a section of another YAML or JSON document
+    (a hub folder's config.json), each value checked as a config key is (the same wording:
+    ``config key 'where.key' must be ...``), floats finite. A field typed with a dataclass is
+    parsed the same way; one typed ``Any`` is taken as it is, for the caller to check. Unknown
+    keys are refused by name with a hint, or left out with ``ignore_unknown`` (a document that
+    another program writes, with keys of its own)."""
+    if not isinstance(data, dict):
+        raise ReslabError(f"config key '{where}' must be a mapping of keys to values, got {_shown(data)}"
+                          if where else "a config must be a mapping of keys to values")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in data.items():
+        if key not in fields:
+            if ignore_unknown:
+                continue
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            prefix = f"{where}." if where else ""
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; it has {', '.join(fields)}"
+            shown = key if len(str(key)) <= 40 else f"{str(key)[:40]}..."
+            raise ReslabError(f"unknown config key '{prefix}{shown}'{hint}")
+        name, hint = f"{where}.{key}" if where else key, hints[key]
+        options = (hint,) if typing.get_origin(hint) is list else (hint, *typing.get_args(hint))
+        nested = next((a for a in options if dataclasses.is_dataclass(a)), None)  # X or X | None
+        if hint is Any:
+            values[key] = value
+        elif nested is not None and (value is not None or nested is hint):
+            values[key] = parse_fields(nested, value, name, ignore_unknown)
+        else:
+            values[key] = _coerce(value, hint, name)
+            numbers = values[key] if isinstance(values[key], list) else [values[key]]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                raise ReslabError(f"config key '{name}' must be a finite number, got {_shown(value)}")
+    missing = [f.name for f in fields.values() if f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ReslabError(f"config key '{where + '.' if where else ''}{missing[0]}' is missing")
+    return cls(**values)
+
+
 # ---------------------------------------------------------------- validation
 
 

@@ -2,13 +2,16 @@
 prediction and the web page, so a model always sees the same pixels for the same file.
 
 - ``data.decoder=auto`` (the default) decodes with TorchCodec where it is installed
-  (``pip install 'reslab[torchcodec]'``; JPEG, PNG, WebP, GIF), otherwise JPEGs with
+  (``pip install -e '.[torchcodec]'``; JPEG, PNG, WebP, GIF), otherwise JPEGs with
   torchvision.io, and everything else, and whatever they cannot read, with Pillow. The
   names ``torchcodec``, ``torchvision`` and ``pil`` force one (Pillow still reads the
   formats the first two lack: BMP, TIFF, PPM). Speeds: benchmarks/data_loading.py.
-- torchvision.io decodes only JPEGs under ``auto``: its PNG decoder crashes the process
-  (a segfault, which kills a loader worker and the run) on a PNG whose data is shorter
-  than its header promises; TorchCodec and Pillow report such a file as damaged.
+- torchvision.io decodes JPEGs only, whichever name chose it: its PNG decoder crashes the
+  process (SIGSEGV, right after libpng's "IDAT: incorrect data check") on a PNG whose IDAT
+  fails its zlib data check or is shorter than the header promises, which kills a loader
+  worker and the run, ``reslab predict`` or the ``reslab serve`` process. Under
+  ``data.decoder=torchvision`` PNGs go to Pillow (the same pixels: PNG is lossless);
+  TorchCodec and Pillow report such a file as damaged, and it is skipped and listed.
 - No image over ``MAX_PIXELS`` is decoded, whichever decoder: a 249 KB PNG can declare a
   16000x16000 canvas (768 MB of pixels). The size is read from the header first.
 - One EXIF policy: the orientation tag is applied whichever decoder ran (a phone photo is
@@ -18,6 +21,7 @@ prediction and the web page, so a model always sees the same pixels for the same
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 
@@ -25,7 +29,7 @@ import numpy as np
 import torch
 
 from ..config import CHOICES
-from ..errors import ReslabError
+from ..extras import missing_extra
 
 DECODERS = tuple(name for name in CHOICES["data.decoder"] if name != "auto")
 MAX_PIXELS = 50_000_000
@@ -40,8 +44,7 @@ def resolve_decoder(name: str = "auto", strict: bool = True) -> str:
     has_torchcodec = importlib.util.find_spec("torchcodec") is not None
     if name == "torchcodec" and not has_torchcodec:
         if strict:
-            raise ReslabError("data.decoder=torchcodec needs TorchCodec: pip install 'reslab[torchcodec]' "
-                              "(or data.decoder=auto)")
+            raise missing_extra("data.decoder=torchcodec", "torchcodec", "or data.decoder=auto")
         name = "auto"
     if name != "auto":
         return name
@@ -52,6 +55,13 @@ DEFAULT_DECODER = "auto"
 KNOWN_DECODERS = ("auto", *DECODERS, "torchvision-jpeg")  # the last: what auto means without TorchCodec
 
 
+@functools.lru_cache(maxsize=None)
+def _resolved(decoder: str) -> str:
+    """``resolve_decoder`` once per process and name: looking TorchCodec up took about a
+    third of a small PNG's decode (40 of 115 us)."""
+    return resolve_decoder(decoder, strict=False)
+
+
 class BadImage(Exception):
     """A file that does not decode to an image (the message says why)."""
 
@@ -60,10 +70,10 @@ def decode(source: str | bytes, decoder: str = DEFAULT_DECODER, channels: int = 
     """The image in a file path or in ``bytes`` as uint8 (channels, H, W): RGB for 3 channels,
     grey for 1. Palette, CMYK and RGBA images come out as RGB (alpha dropped), 16-bit ones as
     8-bit. ``BadImage`` if it is no image, a damaged one or too large."""
-    decoder = resolve_decoder(decoder, strict=False)
+    decoder = _resolved(decoder)
     # Grey images: Pillow's luma rounding, the one prediction on grey checkpoints always used.
-    if decoder == "pil" or channels == 1 or (decoder == "torchvision-jpeg" and not _is_jpeg(source)):
-        return _decode_pil(source, channels)
+    if decoder == "pil" or channels == 1 or (decoder.startswith("torchvision") and not _is_jpeg(source)):
+        return _decode_pil(source, channels)  # never torchvision.io's PNG path: see above
     _check_size(source)  # refuses huge canvases before a decoder allocates them
     try:
         if decoder == "torchcodec":

@@ -20,6 +20,16 @@ from .calibration import calibration_metrics, plot_reliability, read_calibration
 from .predict import predict
 from .task import Task
 
+# Input pixels in one batch a default batch size may hold (256 images of 224x224): the largest
+# inputs a family takes (models/registry.py) go in smaller batches, so memory stays as at 224.
+MAX_BATCH_PIXELS = 256 * 224 * 224
+
+
+def batch_for(batch_size: int, image_size) -> int:
+    """``batch_size`` lowered to hold at most ``MAX_BATCH_PIXELS`` input pixels (one image at least)."""
+    height, width = image_size
+    return max(1, min(batch_size, MAX_BATCH_PIXELS // (height * width)))
+
 
 @dataclass
 class LoadedCheckpoint:
@@ -44,7 +54,9 @@ class LoadedCheckpoint:
         return loader
 
     def logits(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
-        return predict(self.network, loader, self.device, self.precision, flip=self.config.train.tta)
+        logits, targets = predict(self.network, loader, self.device, self.precision, flip=self.config.train.tta)
+        check_finite_logits(logits, self.path)
+        return logits, targets
 
     def close(self) -> None:
         for each in self.bundle.loaders():
@@ -114,6 +126,7 @@ def _load_hub_for_evaluation(source: str, data: str | None, data_root: str | Non
         if preprocess.get(key) is not None:
             setattr(config.data, key, preprocess[key])
     config.train.precision = "fp32"
+    config.train.eval_batch_size = batch_for(config.train.eval_batch_size, meta["image_size"])
     try:
         validate(config)
     except ReslabError as exc:
@@ -145,6 +158,15 @@ def _assemble(file: Path, meta: dict, config: RunConfig, network, target: torch.
         raise
     return LoadedCheckpoint(file, meta, config, built, bundle, Task(bundle.task, bundle.classes, config.train.threshold),
                             target, precision, note)
+
+
+def check_finite_logits(logits: torch.Tensor, source) -> None:
+    """Refuse outputs holding NaN or infinity rather than report figures computed from them."""
+    finite = torch.isfinite(logits).all(dim=1) if logits.dim() > 1 else torch.isfinite(logits)
+    if not bool(finite.all()):
+        raise ReslabError(f"{source}: the model's outputs are not finite (NaN or infinity) for "
+                          f"{int((~finite).sum()):,} of {finite.numel():,} images; its weights or its normalization "
+                          "(mean and std) are broken")
 
 
 def trained_on(meta: dict) -> str | None:

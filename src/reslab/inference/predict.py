@@ -8,6 +8,8 @@ import csv
 import glob
 import io
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,13 +23,14 @@ from ..data.transforms import ImagePipeline, eval_transform
 from ..device import resolve_device
 from ..errors import ReslabError
 from ..evaluate.calibration import stored_temperature
-from ..evaluate.runner import load_weights
+from ..evaluate.runner import batch_for, check_finite_logits, load_weights
 from ..models import model_from_meta
 from ..models.weights.hub import is_hub_source, load_hub_model
 
 # Suffixes looked for inside folders; a file named on the command line is tried whatever its name.
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 FORMATS = ("table", "csv", "json")
+NOT_REGULAR = "not a regular file (a pipe, socket or device)"
 
 
 @dataclass
@@ -80,8 +83,10 @@ def expand_paths(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
             found = sorted(p for p in path.rglob("*")
                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
             empty = "folder holds no image files"
-        elif path.exists():
+        elif path.is_file():
             found, empty = [path], ""
+        elif path.exists():  # a pipe would block the read until someone writes to it
+            found, empty = [], NOT_REGULAR
         elif glob.has_magic(spec):
             found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
             empty = "no file matches this pattern"
@@ -91,6 +96,16 @@ def expand_paths(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
         if not found:
             problems.append((spec, empty))
     return paths, problems
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of a regular file. The file is opened without blocking and checked once open,
+    so that a pipe, socket or device put in its place is refused rather than read."""
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise ReslabError(NOT_REGULAR)
+        return file.read()
 
 
 def decode_image(data: bytes, meta: dict) -> torch.Tensor:
@@ -132,9 +147,12 @@ def load_images(specs: list[str], meta: dict) -> LoadedImages:
     images, names = [], []
     for path in paths:
         try:
-            data = path.read_bytes()
+            data = read_regular_file(path)
         except OSError as exc:
             skipped.append((str(path), f"cannot read it: {exc.strerror}"))
+            continue
+        except ReslabError as exc:
+            skipped.append((str(path), str(exc)))
             continue
         try:
             images.append(decode_image(data, meta))
@@ -166,8 +184,9 @@ def probabilities(model: nn.Module, meta: dict, images: torch.Tensor, batch_size
     model.eval()
     device = next(model.parameters()).device
     outputs = []
-    for chunk in images.split(batch_size):
+    for chunk in images.split(batch_for(batch_size, images.shape[-2:])):
         logits = model(normalize(chunk, meta, device)).float()
+        check_finite_logits(logits, meta["model"])
         outputs.append(torch.sigmoid(logits) if is_multi_label(meta)
                        else torch.softmax(logits / temperature(meta), 1))
     return torch.cat(outputs).cpu()

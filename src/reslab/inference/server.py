@@ -30,6 +30,7 @@ from torch import nn
 
 from ..errors import ReslabError
 from .gradcam import GradCAM, overlay
+from ..evaluate.runner import check_finite_logits
 from .predict import class_index, decode_image, is_multi_label, load_model, normalize, rank_classes, temperature
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class ModelService:
         with self.lock:
             explained = GradCAM(self.model)(normalize(image[None], self.meta, self.device), target)
         logits = explained.logits
+        check_finite_logits(logits, self.meta["model"])
         if is_multi_label(self.meta):
             probs = torch.sigmoid(logits)
         else:

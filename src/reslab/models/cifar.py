@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from ..errors import ReslabError
 from .base import StagedModel, init_he
 from .blocks import BasicBlock, conv3x3, make_stage, projection
-from .registry import register_model, register_pattern
+from .registry import CIFAR_MAX_SIDE, register_model, register_pattern
 
 SHORTCUTS = ("A", "B")
 
@@ -116,7 +116,8 @@ def _register(depth: int, plain: bool) -> None:
     def build(num_classes: int = 10, in_channels: int = 3, shortcut: str = "A"):
         return builder(depth, num_classes, in_channels, shortcut)
 
-    register_model(f"{kind}{depth}", f"CIFAR {what}, depth {depth} = 6*{(depth - 2) // 6}+2")(build)
+    register_model(f"{kind}{depth}", f"CIFAR {what}, depth {depth} = 6*{(depth - 2) // 6}+2",
+                   max_side=CIFAR_MAX_SIDE)(build)
 
 
 for _depth in (20, 32, 44, 56, 110, 1202):
@@ -140,4 +141,5 @@ def _describe_depth(match) -> str:
 # resnetN / plainN for the paper's CIFAR nets of any depth 6n+2 (the registry keeps names
 # that mean an ImageNet net elsewhere, resnet26 and resnet200, for those); cifar_resnetN and
 # cifar_plainN always mean the CIFAR nets.
-register_pattern(r"(resnet|plain|cifar_resnet|cifar_plain)([0-9]+)", _any_depth, _describe_depth)
+register_pattern(r"(resnet|plain|cifar_resnet|cifar_plain)([0-9]+)", _any_depth, _describe_depth,
+                 max_side=CIFAR_MAX_SIDE)

@@ -41,7 +41,7 @@ from ..errors import ReslabError
 from .base import StagedModel, init_he
 from .blocks import make_stage
 from .imagenet import check_stride_in
-from .registry import register_model, register_pattern
+from .registry import CIFAR_MAX_SIDE, register_model, register_pattern
 
 # ---------------------------------------------------------------------------------------
 # CIFAR ResNet-164 / ResNet-1001
@@ -140,6 +140,7 @@ def _register_cifar(depth: int, params: str) -> None:
     register_model(
         f"preact_resnet{depth}",
         f"CIFAR pre-activation ResNet-{depth} (bottlenecks, 9*{(depth - 2) // 9}+2; {params})",
+        max_side=CIFAR_MAX_SIDE,
     )(build)
 
 
@@ -152,7 +153,8 @@ def _any_preact(match, num_classes: int = 10, in_channels: int = 3, stride_in: s
 
 
 register_pattern(r"preact_resnet([0-9]+)", _any_preact,
-                 lambda match: f"CIFAR pre-activation ResNet-{match.group(1)} (bottlenecks, depth 9n+2)")
+                 lambda match: f"CIFAR pre-activation ResNet-{match.group(1)} (bottlenecks, depth 9n+2)",
+                 max_side=CIFAR_MAX_SIDE)
 
 
 # ---------------------------------------------------------------------------------------

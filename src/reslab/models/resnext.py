@@ -14,7 +14,7 @@ from torch import nn
 from .base import StagedModel, init_he
 from .blocks import Bottleneck, conv3x3, projection_stage
 from .imagenet import ImageNetResNet
-from .registry import register_model
+from .registry import CIFAR_MAX_SIDE, register_model
 
 
 @register_model("resnext50_32x4d", "ImageNet ResNeXt-50 (32x4d), torchvision's")
@@ -58,11 +58,13 @@ class CifarResNeXt(StagedModel):
         return self.relu(x)
 
 
-@register_model("resnext29_8x64d", "CIFAR ResNeXt-29, cardinality 8, width 64 (Xie et al. 2017, 34.4M)")
+@register_model("resnext29_8x64d", "CIFAR ResNeXt-29, cardinality 8, width 64 (Xie et al. 2017, 34.4M)",
+                max_side=CIFAR_MAX_SIDE)
 def resnext29_8x64d(num_classes: int = 10, in_channels: int = 3) -> CifarResNeXt:
     return CifarResNeXt(8, 64, num_classes, in_channels)
 
 
-@register_model("resnext29_16x64d", "CIFAR ResNeXt-29, cardinality 16, width 64 (Xie et al. 2017, 68.1M)")
+@register_model("resnext29_16x64d", "CIFAR ResNeXt-29, cardinality 16, width 64 (Xie et al. 2017, 68.1M)",
+                max_side=CIFAR_MAX_SIDE)
 def resnext29_16x64d(num_classes: int = 10, in_channels: int = 3) -> CifarResNeXt:
     return CifarResNeXt(16, 64, num_classes, in_channels)

@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import ReslabError
 from .base import StagedModel, init_he
 from .blocks import make_stage
-from .registry import register_model, register_pattern
+from .registry import CIFAR_MAX_SIDE, MAX_PARAMETERS, register_model, register_pattern
 
 
 class WideBasicBlock(nn.Module):
@@ -100,6 +100,17 @@ def check_wide_depth(depth: int, widen_factor: int) -> None:
     if not isinstance(widen_factor, int) or not 1 <= widen_factor <= MAX_WIDEN_FACTOR:
         raise ReslabError(f"the widening factor k of WRN-d-k must be an integer from 1 to {MAX_WIDEN_FACTOR} "
                           f"(WRN-28-64 has 1.5 billion parameters), got {widen_factor!r}")
+    parameters = wide_parameters(depth, widen_factor)
+    if parameters > MAX_PARAMETERS:
+        raise ReslabError(f"WRN-{depth}-{widen_factor} would have about {parameters / 1e9:,.0f} billion parameters, "
+                          f"over the {MAX_PARAMETERS / 1e9:g} billion reslab builds; choose a smaller depth or width")
+
+
+def wide_parameters(depth: int, widen_factor: int) -> int:
+    """About how many parameters WRN-d-k has: its 3x3 convs, two a block, (d - 4) / 6 blocks a
+    stage at widths 16k, 32k and 64k (the rest is under 2%: WRN-28-10 36.5M, this 38.7M)."""
+    blocks = (depth - 4) // 6
+    return 2 * 9 * blocks * (16 * widen_factor) ** 2 * (1 + 4 + 16)
 
 
 def wide_resnet(
@@ -113,7 +124,8 @@ def _register(depth: int, widen_factor: int) -> None:
     def build(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0) -> WideResNet:
         return wide_resnet(depth, widen_factor, num_classes, in_channels, dropout)
 
-    register_model(f"wrn{depth}_{widen_factor}", f"Wide ResNet WRN-{depth}-{widen_factor}")(build)
+    register_model(f"wrn{depth}_{widen_factor}", f"Wide ResNet WRN-{depth}-{widen_factor}",
+                   max_side=CIFAR_MAX_SIDE)(build)
 
 
 for _depth, _widen in ((28, 10), (16, 8), (40, 4)):
@@ -125,4 +137,6 @@ def _any_wide(match, num_classes: int = 10, in_channels: int = 3, dropout: float
 
 
 register_pattern(r"wrn([0-9]+)_([0-9]+)", _any_wide,
-                 lambda match: f"Wide ResNet WRN-{match.group(1)}-{match.group(2)} (CIFAR, depth 6n+4)")
+                 lambda match: f"Wide ResNet WRN-{match.group(1)}-{match.group(2)} (CIFAR, depth 6n+4)",
+                 max_side=CIFAR_MAX_SIDE,
+                 check=lambda match: check_wide_depth(int(match.group(1)), int(match.group(2))))

@@ -150,5 +150,19 @@ def load_state_dict_flexible(
             f"{source} does not fit {type(model).__name__}: {'; '.join(problems)}; "
             "were these weights saved from another model or another number of classes?"
         )
+    check_finite(renamed, expected, source)
     model.load_state_dict(renamed, strict=False)
     return notes
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or infinity, or values that become infinite in the model's
+    dtype (1e300 in a float64 file): the model would answer NaN for every input."""
+    for key, value in state_dict.items():
+        if not value.is_floating_point():
+            continue
+        target = expected[key].dtype if key in expected and expected[key].is_floating_point() else value.dtype
+        bad = ~torch.isfinite(value) | (value.abs() > torch.finfo(target).max)
+        if bool(bad.any()):
+            raise ReslabError(f"{source}: {key!r} holds values that are not finite (NaN or infinity, "
+                              f"{int(bad.sum()):,} of {value.numel():,}); the file is damaged or its training diverged")

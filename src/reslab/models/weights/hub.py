@@ -31,11 +31,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...checkpoint import MAX_CLASSES, meta_problem
+from ...checkpoint import meta_problem
 from ...errors import ReslabError
+from ...extras import missing_extra
 from ...torchfiles import first_line
 from ..registry import model_from_meta
 from .files import load_state_dict_flexible, read_weights_file
+from .hub_schema import hub_meta_from_config
 
 HF_PREFIX = "hf-hub:"
 CONFIG_FILE = "config.json"
@@ -147,8 +149,7 @@ def _download(name: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise ReslabError(f"{HF_PREFIX}{name} needs the huggingface_hub package: "
-                          "pip install 'reslab[hub]' (or pip install huggingface_hub)") from None
+        raise missing_extra(f"{HF_PREFIX}{name}", "hub") from None
     try:
         # The config and one weights file, not every format the repository offers.
         for weights in WEIGHTS_FILES:
@@ -177,68 +178,16 @@ def read_hub_config(folder: Path) -> dict:
 
 
 def hub_meta(config: dict, where: str = CONFIG_FILE) -> dict:
-    """A checkpoint's ``meta`` from a hub ``config.json`` (reslab's own, or timm's for a twin)."""
+    """A checkpoint's ``meta`` from a hub ``config.json`` (reslab's own, or timm's for a twin),
+    checked against the schema of ``hub_schema`` before anything is read or built."""
     try:
-        meta = _meta(config)
+        meta = hub_meta_from_config(config, TIMM_TWINS, TIMM_HARMLESS_ARGS)
     except ReslabError as exc:
         raise ReslabError(f"{where}: {exc}") from None
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
-        raise ReslabError(f"{where} is not a usable model config ({type(exc).__name__}: {first_line(exc)})") from None
     problem = meta_problem(meta)
-    temperature = meta.get("temperature", 1.0)
-    if not problem and not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
-        problem = "its temperature is not a positive number"
     if problem:
         raise ReslabError(f"{where} does not describe a usable model: {problem}")
     return meta
-
-
-def _meta(config: dict) -> dict:
-    cfg = config.get("pretrained_cfg") or {}
-    num_classes = config.get("num_classes", cfg.get("num_classes"))
-    if not isinstance(num_classes, int) or not 0 < num_classes <= MAX_CLASSES:  # bounded before lists are made
-        raise ReslabError(f"num_classes must be a whole number from 1 to {MAX_CLASSES:,}, got {num_classes!r}")
-    own = config.get("reslab")
-    if isinstance(own, dict):
-        meta = {key: own[key] for key in RESLAB_KEYS if own.get(key) is not None}
-        channels = meta.get("in_channels")
-    else:  # written by timm
-        architecture = config.get("architecture")
-        if architecture not in TIMM_TWINS:
-            raise ReslabError(f"architecture {architecture!r} is a model reslab does not build; reslab reads its own "
-                              f"folders and timm's {', '.join(TIMM_TWINS)}")
-        model_args = config.get("model_args") or {}
-        changed = sorted(set(model_args) - TIMM_HARMLESS_ARGS)
-        if changed or model_args.get("global_pool", "avg") != "avg":
-            raise ReslabError(f"timm's model_args {changed or ['global_pool']} change {architecture}'s network; "
-                              f"reslab builds the plain {architecture} only")
-        channels = model_args.get("in_chans") or cfg.get("input_size", [3])[0]
-        size = list(cfg.get("input_size", [channels, 224, 224]))[1:]
-        crop_mode = cfg.get("crop_mode", "center")
-        fraction = float(cfg.get("crop_pct", 0.875))
-        resize = math.floor(size[0] / fraction) if crop_mode != "squash" else None
-        meta = {"model": architecture, "model_options": {}, "in_channels": channels, "image_size": size,
-                "task": "single-label", "dataset": None,
-                "preprocess": {"image_size": size[0], "resize_size": resize, "center_crop": crop_mode != "squash",
-                               "interpolation": cfg.get("interpolation", "bicubic"), "antialias": True,
-                               "channels": channels, "decoder": "pil", "exif": "transpose"}}
-    labels = config.get("label_names") or cfg.get("label_names")
-    if isinstance(labels, dict):  # timm allows {index: name} when indices have gaps
-        labels = [str(labels.get(str(i), labels.get(i, i))) for i in range(num_classes)]
-    meta["num_classes"] = num_classes
-    meta["classes"] = list(labels) if labels else [str(i) for i in range(num_classes)]
-    meta["mean"], meta["std"] = (_per_channel(cfg.get(key), channels) for key in ("mean", "std"))
-    if isinstance(meta.get("preprocess"), dict):
-        meta["preprocess"] = {**meta["preprocess"], "mean": meta["mean"], "std": meta["std"]}
-    return meta
-
-
-def _per_channel(values, channels: int) -> list[float]:
-    """timm keeps 3 ImageNet values for a 1-channel net; their mean serves its one channel."""
-    values = list(values)
-    if len(values) == 3 and channels == 1:
-        return [sum(values) / 3]
-    return values
 
 
 def _weights_file(folder: Path) -> Path:
@@ -287,5 +236,5 @@ def create_timm_model(source):
     try:
         import timm
     except ImportError:
-        raise ReslabError("loading into timm needs timm: pip install timm") from None
+        raise missing_extra("loading into timm", "timm") from None
     return timm.create_model(f"local-dir:{folder}", pretrained=True)

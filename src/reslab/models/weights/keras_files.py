@@ -14,26 +14,43 @@ Whole models come in two containers:
 
 Both give a ``StoredWeights``: every weighted layer by its Keras name (nested ones
 flattened), and, when the model nests a backbone, the layers after it (the "head") in order.
+
+Files come from anywhere, so each is checked whole before any array is read
+(``check_hdf5``): nothing in it may lead outside it (an HDF5 external link, a dataset stored
+in an external file or a virtual one), and no dataset may declare more than it holds (an
+unwritten chunked dataset reads as its fill value: 8 KB can declare a petabyte). A
+``.keras`` archive's members are checked by their declared sizes before one is extracted.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import ReslabError
+from ...extras import missing_extra
 
 # A .keras archive's config is a few MB even for deep nets; a bigger one is not a Keras model.
 MAX_CONFIG_BYTES = 64 * 2**20
 # Keras's container classes: a layer of one of these holds layers of its own.
 MODEL_CLASSES = ("Functional", "Sequential", "Model")
+# A Keras ResNet's largest array is a few MB (ResNet152V2's top: 8 MB); a user's Dense head on
+# flattened features a few hundred MB.
+MAX_ARRAY_BYTES = 2**30
+# Keras never compresses weights: a dataset may declare at most this many times what it stores
+# (beyond a small allowance), and an archive member inflate at most this much (Keras's own
+# bound) once it is over the floor; the weights of one model stay under MAX_WEIGHTS_BYTES.
+MAX_EXPANSION = 100
+SMALL_BYTES = 1 << 16
+ZIP_FLOOR_BYTES = 16 * 2**20
+MAX_WEIGHTS_BYTES = 16 * 2**30
 
 
 @dataclass
@@ -56,8 +73,57 @@ def import_h5py():
     try:
         import h5py
     except ImportError:
-        raise ReslabError("reading Keras files needs h5py: pip install 'reslab[keras]'") from None
+        raise missing_extra("reading Keras files", "keras") from None
     return h5py
+
+
+def check_hdf5(file, path: Path) -> None:
+    """Refuse an HDF5 file with a link or a dataset outside it, or a dataset that declares more
+    than it stores; nothing is read but the file's structure."""
+    h5py = import_h5py()
+
+    def link(name: str, target) -> str | None:  # a value returned stops the visit
+        if isinstance(target, h5py.ExternalLink):
+            return (f"{name} is an HDF5 external link to {target.filename!r}; reslab reads nothing outside the "
+                    "file it is given")
+        return None
+
+    def dataset(name: str, node) -> str | None:
+        if not isinstance(node, h5py.Dataset):
+            return None
+        if node.external or node.is_virtual:
+            return (f"dataset {name} keeps its data outside the file (HDF5 external storage or a virtual "
+                    "dataset); reslab reads nothing outside the file it is given")
+        declared, stored = node.size * node.dtype.itemsize, node.id.get_storage_size()
+        if declared > MAX_ARRAY_BYTES or declared > MAX_EXPANSION * stored + SMALL_BYTES:
+            return (f"dataset {name} declares {declared:,} bytes (shape {node.shape}) but stores {stored:,}: not "
+                    "the weights of a model (an unwritten or inflating dataset)")
+        return None
+
+    # The links first: nothing is opened through an external one. (h5py turns an exception raised
+    # inside a visit into a SystemError, hence the returned message.)
+    problem = file.visititems_links(link) or file.visititems(dataset)
+    if problem:
+        raise ReslabError(f"{path}: {problem}")
+
+
+@contextmanager
+def open_hdf5(path: Path, shown: Path | None = None):
+    """An HDF5 file opened for reading once ``check_hdf5`` has passed it."""
+    h5py = import_h5py()
+    with h5py.File(path, "r") as file:
+        check_hdf5(file, shown or path)
+        yield file
+
+
+def check_archive_member(archive: zipfile.ZipFile, name: str, path: Path) -> int:
+    """The declared size of an archive member, refused when over the bounds above (a zip bomb)."""
+    info = archive.getinfo(name)
+    size, packed = info.file_size, info.compress_size
+    if size > MAX_WEIGHTS_BYTES or (size > ZIP_FLOOR_BYTES and size > MAX_EXPANSION * max(packed, 1)):
+        raise ReslabError(f"{path}: its {name} would inflate to {size / 1e9:.1f} GB from {packed / 1e6:.1f} MB; "
+                          "Keras stores weights uncompressed, so this is no Keras model (a zip bomb?)")
+    return size
 
 
 def is_keras_archive(path: Path) -> bool:
@@ -66,22 +132,25 @@ def is_keras_archive(path: Path) -> bool:
 
 def read_keras_archive(path: Path) -> StoredWeights:
     """The weights of a Keras 3 ``.keras`` archive, named after its ``config.json``."""
-    h5py = import_h5py()
+    import_h5py()
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
             if not {"config.json", "model.weights.h5"} <= names:
                 raise ReslabError(f"{path} is a zip archive but not a Keras model (.keras archives hold "
                                   "config.json and model.weights.h5)")
-            if archive.getinfo("config.json").file_size > MAX_CONFIG_BYTES:
+            if check_archive_member(archive, "config.json", path) > MAX_CONFIG_BYTES:
                 raise ReslabError(f"{path}: its config.json is over {MAX_CONFIG_BYTES >> 20} MB; not a Keras model")
             config = json.loads(archive.read("config.json"))
+            size = check_archive_member(archive, "model.weights.h5", path)
             # h5py reads a real file far faster than a zip member (24 s against 1 s for ResNet152V2).
             with tempfile.TemporaryDirectory(prefix="reslab-keras-") as folder:
                 weights = Path(folder) / "model.weights.h5"
                 with archive.open("model.weights.h5") as source, open(weights, "wb") as target:
-                    shutil.copyfileobj(source, target, 1 << 22)
-                with h5py.File(weights, "r") as file:
+                    while size > 0 and (chunk := source.read(min(1 << 22, size))):  # never past the declared size
+                        target.write(chunk)
+                        size -= len(chunk)
+                with open_hdf5(weights, path) as file:
                     return _read_model(config, file, path)
     except ReslabError:
         raise

@@ -47,7 +47,7 @@ from ...errors import ReslabError
 from ..blocks import Bottleneck
 from ..imagenet import ImageNetResNet
 from ..preact import KERAS_BN_EPSILON, ResNetV2
-from .keras_files import StoredWeights, import_h5py, is_keras_archive, layer_kind, read_keras_archive
+from .keras_files import StoredWeights, import_h5py, is_keras_archive, layer_kind, open_hdf5, read_keras_archive
 
 # Keras 3 names the layers of a .weights.h5 after their class.
 KERAS3_CLASS_NAMES = {"conv": "conv2d", "bn": "batch_normalization", "dense": "dense"}
@@ -57,6 +57,14 @@ KERAS3_VARIABLES = {
     "bn": ("gamma", "beta", "moving_mean", "moving_variance"),
     "dense": ("kernel", "bias"),
 }
+# Each variable's rank, and which ones a layer cannot do without.
+VARIABLE_RANKS = {
+    "conv": {"kernel": 4, "bias": 1},
+    "bn": {"gamma": 1, "beta": 1, "moving_mean": 1, "moving_variance": 1},
+    "dense": {"kernel": 2, "bias": 1},
+}
+REQUIRED_VARIABLES = {"conv": ("kernel",), "bn": ("gamma", "beta", "moving_mean", "moving_variance"),
+                      "dense": ("kernel",)}
 
 
 # The reslab models Keras V1 weights load into (built with stride_in="1x1").
@@ -149,13 +157,13 @@ def keras_head_targets(model: nn.Module) -> list[tuple[str, str]]:
 
 def _read_layers(path: Path, layers: list[KerasLayer]) -> StoredWeights:
     """The weights in the file by Keras layer name, and the head after a nested backbone."""
-    h5py = import_h5py()
+    import_h5py()
     if not path.is_file():
         raise ReslabError(f"no Keras weights file at {path}: check the path")
     if is_keras_archive(path):
         return read_keras_archive(path)
     try:
-        with h5py.File(path, "r") as file:
+        with open_hdf5(path) as file:
             root = file["model_weights"] if "model_weights" in file else file
             if "layer_names" in root.attrs:
                 return _read_legacy(root)
@@ -259,6 +267,35 @@ def _keras3_head(group, stored: StoredWeights) -> list[tuple[str, str]]:
     return head
 
 
+def _checked_variables(layer: KerasLayer, variables: dict, path: Path) -> dict[str, np.ndarray]:
+    """A layer's variables as arrays of numbers of the right rank, finite, each that the layer
+    needs present, a batch norm's variance not negative; else one error line naming the layer."""
+    where = f"Keras weights file {path}: layer {layer.name!r}"
+    ranks = VARIABLE_RANKS[layer.kind]
+    missing = [name for name in REQUIRED_VARIABLES[layer.kind] if name not in variables]
+    if missing:
+        raise ReslabError(f"{where} has no {missing[0]} (a Keras {layer.kind} layer holds {', '.join(ranks)}); "
+                          "the file is damaged or not a Keras ResNet")
+    checked = {}
+    for name, rank in ranks.items():
+        if name not in variables:
+            continue
+        array = np.asarray(variables[name])
+        if array.dtype.kind not in "fiu":
+            raise ReslabError(f"{where}: its {name} holds {array.dtype} values, not numbers")
+        if array.ndim != rank:
+            raise ReslabError(f"{where}: its {name} has shape {array.shape}, {array.ndim} dimensions where a "
+                              f"{layer.kind} {name} has {rank}")
+        with np.errstate(over="ignore"):
+            array = array.astype(np.float32)  # the models' dtype: 1e300 in a float64 file is infinite there
+        if not np.isfinite(array).all():
+            raise ReslabError(f"{where}: its {name} holds values that are not finite (NaN or infinity)")
+        checked[name] = array
+    if layer.kind == "bn" and (checked["moving_variance"] < 0).any():
+        raise ReslabError(f"{where}: its moving_variance has negative values, which no variance has")
+    return checked
+
+
 def _head_layers(head: list[tuple[str, str]], targets: list[tuple[str, str]], model_name: str,
                  notes: list[str]) -> list[KerasLayer]:
     """The file's head layers onto the model's, matched in order when their kinds agree."""
@@ -314,7 +351,7 @@ def load_keras_weights(model: nn.Module, path: str | Path) -> list[str]:
                 f"Keras weights file {path} has no layer {layer.name!r}: it is not a weights file of this "
                 f"{type(model).__name__} (another depth or another architecture)"
             )
-        variables = stored.layers[layer.name]
+        variables = _checked_variables(layer, stored.layers[layer.name], path)
         prefix = layer.module
         if layer.kind == "conv":
             put(f"{prefix}.weight", variables["kernel"].transpose(3, 2, 0, 1), layer.name)
