@@ -156,6 +156,7 @@ def test_existing_run_folder_is_kept(trained_run):
     assert (trained_run / "metrics.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     process = run("demo", "--out", str(tmp_path), "--epochs", "2", "--no-progress", check=True)
     assert "| resnet20 |" in process.stdout and "| plain20 |" in process.stdout

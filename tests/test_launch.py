@@ -29,6 +29,8 @@ from reslab.experiments.launch import (Slot, active_jobs, format_statuses, job_p
 from reslab.experiments.study import run_study, study_from_dict
 from reslab.report.report import depth_findings, read_run, run_row, summary_rows
 
+pytestmark = pytest.mark.slow  # jobs started through submitit with real runs
+
 OVERRIDES = ["train.epochs=4", "train.batch_size=64", "data.train_size=300", "data.val_size=100",
              "data.test_size=100", "output.plots=false", "schedule.warmup=none", "train.threads=1"]
 STUDY = {"name": "jobs", "recipe": "demo-digits", "models": ["resnet8"], "seeds": [0, 1], "overrides": OVERRIDES}

@@ -276,7 +276,7 @@ def test_predict_gives_the_top1_that_evaluation_gives_on_the_same_files(tmp_path
     write_photos(tmp_path / "data" / "train", 8, seed=0)
     write_photos(tmp_path / "data" / "test", 5, seed=1)
     config = load("demo-digits", ["data.name=folder", f"data.root={tmp_path / 'data'}", "data.image_size=24",
-                                  "data.workers=0", "data.val_size=0", "model.name=resnet8", "train.epochs=1",
+                                  "data.center_crop=true", "data.workers=0", "data.val_size=0", "model.name=resnet8", "train.epochs=1",
                                   "train.batch_size=4", f"output.dir={tmp_path / 'runs'}", "output.plots=false"])
     result = train(config, progress=False)
     model, meta = load_model(result.run_dir, "cpu")

@@ -30,6 +30,8 @@ from reslab.experiments.search_space import parse_space
 from reslab.experiments.tune import (Ledger, TrialObserver, open_study, read_history, run_trial,
                                      run_worker, summarize, tune_settings)
 
+pytestmark = pytest.mark.slow  # Optuna studies with real trials and worker processes
+
 TINY = ["model.name=resnet8", "train.batch_size=64", "data.train_size=200", "data.val_size=100",
         "data.test_size=100", "output.plots=false", "schedule.warmup=none", "train.threads=1"]
 SPACE = {"recipe": "demo-digits", "overrides": TINY, "metric": "val_accuracy",

@@ -22,7 +22,8 @@ FLAG_KEYS = {
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="a YAML file or a shipped recipe name (`reslab recipes`)")
+    parser.add_argument("--config", help="a YAML file or a shipped recipe name (`reslab recipes`); default: scratch, "
+                        "or finetune where model.pretrained is set (both sized to the data)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="any config key, e.g. train.epochs=30 optim.name=adam (anywhere on the line)")
     parser.set_defaults(overrides_into="overrides")
@@ -40,7 +41,7 @@ def _overrides(args) -> list[str]:
 
 
 def cmd_train(args) -> int:
-    from .config import load, validate
+    from .config import default_recipe, load, validate
 
     if args.resume:
         from .train.run_folder import load_run_config
@@ -50,7 +51,8 @@ def cmd_train(args) -> int:
                               "give the changes allowed (e.g. train.epochs=60) as section.key=value")
         config = validate(load_run_config(args.resume, _overrides(args)))
     else:
-        config = load(args.config, _overrides(args))
+        overrides = _overrides(args)
+        config = load(args.config or default_recipe(overrides), overrides)
     from torch.distributed.elastic.multiprocessing.errors import record
 
     from .train.loop import train  # after the config: a bad one fails before PyTorch loads

@@ -117,7 +117,8 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     epochs: int | None = None  # stop after this many epochs ...
-    max_iters: int | None = 64000  # ... or iterations (the paper: 64k); the first reached
+    max_iters: int | None = 64000  # ... or iterations (the paper: 64k); the first reached. Both empty: the
+    #                                length (and a batch too large) sized to the training split (train/setup.py)
     batch_size: int = 128
     eval_batch_size: int = 512
     label_smoothing: float = 0.0
@@ -143,6 +144,12 @@ class TrainConfig:
     ema: float | None = None
     ema_bn_batches: int = 32  # training batches the averaged weights' batch-norm statistics are recomputed on
     tta: bool = False  # test-time augmentation: average the logits of each image and its mirror image
+    # Early stopping: end the run when the validation score has not improved for this many
+    # epochs (the best epoch's weights are the ones kept, as always); None trains to the end.
+    patience: int | None = None
+    # balanced: weigh each image's loss by n / (classes x its class's count) (scikit-learn's
+    # "balanced"), so that a rare class counts as much as a common one; single-label data only.
+    class_weights: Literal["none", "balanced"] = "none"
 
 
 @dataclass
@@ -242,6 +249,13 @@ def load(source: str | Path | None = None, overrides: list[str] | None = None) -
     config = apply_overrides(config, overrides or [])
     validate(config)
     return config
+
+
+def default_recipe(overrides: list[str]) -> str:
+    """The recipe of a run given no --config: finetune where pretrained weights are named,
+    else scratch (both sized to the data)."""
+    pretrained = [item.partition("=")[2].strip() for item in overrides if item.startswith("model.pretrained=")]
+    return "finetune" if pretrained and pretrained[-1] not in ("", "null", "none", "None") else "scratch"
 
 
 def recipe_names() -> list[str]:
@@ -447,8 +461,7 @@ def validate(config: RunConfig) -> RunConfig:
         ("train.eval_batch_size", config.train.eval_batch_size >= 1, "must be at least 1"),
         ("train.epochs", config.train.epochs is None or config.train.epochs >= 1, "must be at least 1"),
         ("train.max_iters", config.train.max_iters is None or config.train.max_iters >= 1, "must be at least 1"),
-        ("train.epochs", config.train.epochs is not None or config.train.max_iters is not None,
-         "or train.max_iters must be set"),
+        ("train.patience", config.train.patience is None or config.train.patience >= 1, "must be at least 1"),
         ("train.label_smoothing", 0 <= config.train.label_smoothing < 1, "must be in [0, 1)"),
         ("train.ema", config.train.ema is None or 0 < config.train.ema < 1, "must be in (0, 1)"),
         ("train.ema_bn_batches", config.train.ema_bn_batches >= 1, "must be at least 1"),

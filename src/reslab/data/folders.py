@@ -22,6 +22,7 @@ that cannot be listed is skipped and reported, or refused with ``strict``.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
@@ -31,6 +32,8 @@ import numpy as np
 from ..errors import ReslabError
 from .arrays import split_count
 from .files import BadFile, FileSplits, ImageList
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 SPLIT_FOLDERS = ("train", "val", "test")
@@ -141,6 +144,28 @@ def split_off(images: ImageList, size: float, seed: int, what: str) -> tuple[Ima
     return images.subset(np.sort(rest)), images.subset(np.sort(held))
 
 
+def typical_image_size(root: Path, sample: int = 64) -> int | None:
+    """The median shorter side of the first ``sample`` images under ``root`` (read from their
+    headers; hidden files and links skipped), or None where none can be read."""
+    from PIL import Image
+
+    sides = []
+    for folder, subfolders, files in os.walk(Path(root).expanduser()):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS) or os.path.islink(path):
+                continue
+            try:
+                with Image.open(path) as image:
+                    sides.append(min(image.size))
+            except (OSError, ValueError, Image.DecompressionBombError):
+                continue
+            if len(sides) >= sample:
+                return int(np.median(sides))
+    return int(np.median(sides)) if sides else None
+
+
 def read_folder(root: Path, val_size: float = 0.1, test_size: float = 0.2, split_seed: int = 0,
                 name: str = "folder") -> FileSplits:
     """The splits of an image-folder dataset (see the module docstring)."""
@@ -182,4 +207,24 @@ def read_folder(root: Path, val_size: float = 0.1, test_size: float = 0.2, split
         train, val = split_off(train, val_size, split_seed, "data.val_size")
     if test is None or len(test) == 0:
         raise ReslabError(f"{name}: the test split is empty")
+    check_class_counts(classes, counts, train, {"validation": val, "test": test})
     return FileSplits(name, classes, train, val, test, source=str(root), layout=layout, problems=problems)
+
+
+def check_class_counts(classes: list[str], counts, train: ImageList, held_out: dict) -> None:
+    """A class too small for the split: refused where no image of it is left to train on,
+    one warning line per held-out split that has none of it (its figures are then missing)."""
+    left = np.bincount(train.targets, minlength=len(classes))
+    for name, total, kept in zip(classes, counts, left):
+        if kept == 0:
+            raise ReslabError(f"class {name!r} has {total} image(s), too few for the split: none is left for "
+                              "training; add images (3 or more per class: training, validation and test) or "
+                              "hold out fewer (data.val_size, data.test_size)")
+    for split, images in held_out.items():
+        if images is None or not len(images):
+            continue
+        absent = [c for c, n in zip(classes, np.bincount(images.targets, minlength=len(classes))) if n == 0]
+        if absent:
+            logger.warning("the %s split has no image of class %s%s (too few images for the split); its %s "
+                           "figures for it are missing", split, repr(absent[0]),
+                           f" nor of {len(absent) - 1} more" if len(absent) > 1 else "", split)

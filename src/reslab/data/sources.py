@@ -42,9 +42,36 @@ RESOLVED_FIELDS = {"data": ("image_size", "center_crop"),
                    "augment": ("crop_padding", "hflip", "random_resized_crop")}
 
 
+# Small images in a folder (Fashion-MNIST's 28x28, CIFAR's 32x32, icons): a random crop of a
+# few percent of their area would cut most of the object away, and a centre crop at evaluation
+# the object's edges. They get CIFAR's treatment instead (He et al. 2016 §4.2): the image
+# resized whole, padded by an eighth of its side and randomly cropped back, and flipped.
+SMALL_IMAGES = 64
+
+
+def folder_defaults(root: str | Path) -> dict:
+    """Defaults for a folder of images from the images themselves: the input size is their
+    typical shorter side (rounded to 16, at least 32, at most 224); images of at most
+    SMALL_IMAGES pixels are not cropped at random, but padded and shifted."""
+    from .folders import typical_image_size
+
+    typical = typical_image_size(root)
+    if typical is None:  # nothing readable: the folder reader says why, with the ImageNet-style defaults
+        return DATASET_DEFAULTS["folder"]
+    size = min(max(16 * round(typical / 16), 32), 224)
+    if typical > SMALL_IMAGES:
+        return {**DATASET_DEFAULTS["folder"], "image_size": size}
+    return {"image_size": size, "center_crop": False, "random_resized_crop": 0.0, "crop_padding": size // 8,
+            "hflip": True}
+
+
 def resolve_defaults(config: RunConfig) -> RunConfig:
     """``config`` with every data and augmentation field left to the dataset filled in."""
-    defaults = {"crop_padding": 0, "random_resized_crop": 0.0, **DATASET_DEFAULTS[config.data.name]}
+    dataset = DATASET_DEFAULTS[config.data.name]
+    if config.data.name == "folder" and any(getattr(getattr(config, section), key) is None
+                                            for section, keys in RESOLVED_FIELDS.items() for key in keys):
+        dataset = folder_defaults(config.data.root)
+    defaults = {"crop_padding": 0, "random_resized_crop": 0.0, **dataset}
     for section, keys in RESOLVED_FIELDS.items():
         values = getattr(config, section)
         for key in keys:
@@ -88,6 +115,17 @@ class DataBundle:
 
     def loaders(self) -> list:
         return [loader for loader in (self.train, self.val, self.test) if loader is not None]
+
+    def train_class_counts(self) -> list[int]:
+        """Images per class in the training split (single-label data)."""
+        loader = self.train
+        targets = loader.labels.cpu() if hasattr(loader, "labels") else torch.as_tensor(loader.images.targets)
+        return torch.bincount(targets.long().flatten(), minlength=self.num_classes).tolist()
+
+    def close(self) -> None:
+        """End the file loaders' worker processes."""
+        for loader in self.loaders():
+            getattr(loader, "close", lambda: None)()
 
 
 def _recorded(loader) -> list[BadFile]:
@@ -185,6 +223,7 @@ def _from_files(data: DataConfig, augment: AugmentConfig, device, batch_size, ev
         resize_size=data.resize_size,
         center_crop=data.center_crop,
         random_resized_crop=augment.random_resized_crop,
+        crop_padding=augment.crop_padding,
         hflip=augment.hflip,
         color_jitter=augment.color_jitter,
         auto_augment=augment.auto_augment,

@@ -31,6 +31,7 @@ class ImagePipeline:
     resize_size: int | None = None  # evaluation: shorter side resized to this, then centre crop; None: size/0.875
     center_crop: bool = True  # False: evaluation resizes the whole image to image_size x image_size
     random_resized_crop: float = 0.08  # smallest crop area fraction in training; 0: the evaluation resize
+    crop_padding: int = 0  # with random_resized_crop 0: pad by this many pixels, crop back at random
     hflip: bool = True
     color_jitter: float = 0.0  # brightness, contrast and saturation jitter strength
     auto_augment: str = "none"  # none, trivial (TrivialAugmentWide), rand (RandAugment), auto (AutoAugment)
@@ -63,6 +64,8 @@ def train_transform(pipeline: ImagePipeline, mean: list[float]):
                                           interpolation=_mode(pipeline), antialias=True))
     else:
         steps.extend(_resize(pipeline))
+        if pipeline.crop_padding:
+            steps.append(v2.RandomCrop(pipeline.image_size, padding=pipeline.crop_padding))
     if pipeline.hflip:
         steps.append(v2.RandomHorizontalFlip())
     if pipeline.color_jitter:

@@ -37,10 +37,12 @@ from ..precision import resolve_precision
 from ..runfs import atomic_write_json
 from . import run_folder
 from .ema import ModelEma
-from .losses import build_criterion
+from .losses import balanced_weights, build_criterion
 from .observers import Observer, build_logger
 from .run_folder import VAL_FIGURES, RunResult
-from .setup import (build_optimization, build_run_data, build_run_model, epochs_of, warn_about_schedule)
+from .setup import (build_optimization, build_run_data, build_run_model, epochs_of, size_to_data,
+                    warn_about_schedule)
+from .setup import total_steps as planned_steps
 from .state import EpochTally, TrainState
 from .step import train_step
 from .stop import StopRequest
@@ -79,10 +81,22 @@ def train(config: RunConfig, resume: Path | None = None, progress: bool = True,
         configure(device, config.train.deterministic, config.train.threads)
         seed_everything(config.train.seed)
         bundle = build_run_data(config, device, env)
+        if resume is None and size_to_data(config, bundle.description["sizes"]["train"], env):
+            bundle.close()  # the batch was capped: loaders of the new size
+            bundle = build_run_data(config, device, env)
+        if config.train.patience is not None and bundle.val is None:
+            raise ReslabError("train.patience stops on the validation score, and this run holds out no validation "
+                              "images; set data.val_size (e.g. 0.1) or leave train.patience empty")
         model, meta = build_run_model(config, bundle, device, env)
         if env.is_main:
             warn_about_schedule(config, len(bundle.train))
         run_dir = resume or _new_run(config, bundle, device, env)
+        if env.is_main:
+            epochs = epochs_of(planned_steps(config, len(bundle.train)), len(bundle.train))
+            logger.info("%s %s: %s on %s, %s, %d epoch%s of %d steps (batch %d); device %s, precision %s",
+                        "continuing" if resume else "training", run_dir, config.model.name, config.data.name,
+                        _sizes(bundle), epochs, "s" if epochs != 1 else "", len(bundle.train),
+                        config.train.batch_size, device, config.train.precision)
         if resume is not None and env.is_main:
             (run_dir / "checkpoints").mkdir(exist_ok=True)  # a run stopped before its first checkpoint
         with StopRequest() as stop:
@@ -96,9 +110,13 @@ def train(config: RunConfig, resume: Path | None = None, progress: bool = True,
         for watcher in watchers:
             watcher.close()
         if bundle is not None:
-            for loader in bundle.loaders():
-                getattr(loader, "close", lambda: None)()  # worker processes of file loaders
+            bundle.close()
         distributed.teardown(env)
+
+
+def _sizes(bundle: DataBundle) -> str:
+    sizes = bundle.description["sizes"]
+    return ", ".join(f"{count:,} {split}" for split, count in sizes.items() if count) + " images"
 
 
 def _new_run(config: RunConfig, bundle: DataBundle, device: torch.device, env) -> Path:
@@ -117,7 +135,8 @@ def fit(config: RunConfig, bundle: DataBundle, model, meta: dict, device, env, r
         stop: StopRequest, progress: bool, watchers: Sequence[Observer] = ()) -> tuple[TrainState, Task]:
     """Train, validate and checkpoint epoch after epoch; returns the final state."""
     task = Task(bundle.task, bundle.classes, config.train.threshold)
-    criterion = build_criterion(config.train.loss, task.multi_label, config.train.label_smoothing)
+    weights = balanced_weights(bundle.train_class_counts()) if config.train.class_weights == "balanced" else None
+    criterion = build_criterion(config.train.loss, task.multi_label, config.train.label_smoothing, weights)
     optimizer, scheduler, total_steps = build_optimization(config, model, device, len(bundle.train))
     state = TrainState(model, optimizer, scheduler, torch.amp.GradScaler(device.type,
                                                                        enabled=config.train.precision == "fp16"),
@@ -130,7 +149,7 @@ def fit(config: RunConfig, bundle: DataBundle, model, meta: dict, device, env, r
     bar = tqdm(total=total_steps, initial=state.step, unit="it", desc=config.model.name, dynamic_ncols=True,
                disable=not (progress and env.is_main and sys.stderr.isatty()), file=sys.stderr)
     freeze_mode = None
-    while state.epoch < epochs and state.step < total_steps:
+    while state.epoch < epochs and state.step < total_steps and not _out_of_patience(state, config):
         # Transfer learning: frozen layers first, everything from model.unfreeze_epoch on.
         unfrozen = config.model.unfreeze_epoch is not None and state.epoch + 1 >= config.model.unfreeze_epoch
         if (config.model.freeze if not unfrozen else "none") != freeze_mode:
@@ -157,6 +176,9 @@ def fit(config: RunConfig, bundle: DataBundle, model, meta: dict, device, env, r
             bar.close()
             raise stop.interrupted(state.step, state.epoch, run_dir)
     bar.close()
+    if _out_of_patience(state, config) and env.is_main:
+        logger.info("stopped early after epoch %d: no better validation score in %d epochs (train.patience); "
+                    "the best epoch, %d, is kept", state.epoch, config.train.patience, state.best["epoch"])
     distributed.barrier(env)  # best.pt is written before any rank reads it
     return state, task
 
@@ -226,6 +248,12 @@ def validate_epoch(state: TrainState, row: dict, task: Task, bundle: DataBundle,
         scores[weights] = task.score(val)
     weights = max(scores, key=scores.get)  # the live weights on a tie
     return weights, scores[weights]
+
+
+def _out_of_patience(state: TrainState, config: RunConfig) -> bool:
+    """Early stopping: ``train.patience`` epochs without a better validation score."""
+    patience = config.train.patience
+    return patience is not None and state.best is not None and state.epoch - state.best["epoch"] >= patience
 
 
 def _candidates(state: TrainState) -> dict:
@@ -310,6 +338,7 @@ def finish(config: RunConfig, bundle: DataBundle, task: Task, model, meta: dict,
         "model": config.model.name, "dataset": config.data.name, "seed": config.train.seed,
         "epochs": len(history), "steps": history[-1]["step"] if history else 0,
         "best_epoch": state.best["epoch"], "best_weights": state.best.get("weights", "live"),
+        "stopped_early": _out_of_patience(state, config),
         "selected_on": "validation" if bundle.val is not None else "last epoch",
         "task": bundle.task, "bad_files": len(bad_files),
         "parameters": count_parameters(model)["parameters"],

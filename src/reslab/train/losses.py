@@ -1,4 +1,5 @@
-"""Losses beyond PyTorch's: the asymmetric loss for multi-label classification."""
+"""Losses beyond PyTorch's: class-weighted cross-entropy for imbalanced data, and the
+asymmetric loss for multi-label classification."""
 
 from __future__ import annotations
 
@@ -7,6 +8,38 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ReslabError
+
+
+class WeightedCrossEntropy(nn.Module):
+    """Cross-entropy with each image's loss weighed by its class's weight, then a plain mean.
+
+    Not ``CrossEntropyLoss(weight=...)``, whose mean divides by the batch's summed weights:
+    that makes the gradient depend on how a batch is split among processes or micro-batches.
+    With weights whose mean over the training images is 1 (``balanced_weights``) the plain
+    mean keeps the loss's scale, and so the learning rate's meaning. Soft targets (mixup,
+    cutmix) weigh each image by its mix of classes.
+    """
+
+    def __init__(self, weights: torch.Tensor, label_smoothing: float = 0.0):
+        super().__init__()
+        self.register_buffer("weights", weights.float())
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        losses = F.cross_entropy(logits, targets, reduction="none", label_smoothing=self.label_smoothing)
+        weights = self.weights.to(logits.device)
+        per_image = targets.float() @ weights if targets.is_floating_point() else weights[targets]
+        return (losses * per_image).mean()
+
+
+def balanced_weights(class_counts) -> torch.Tensor:
+    """scikit-learn's "balanced" class weights, n / (classes x count); their mean over the
+    images is 1. A class with no training image gets weight 0 (nothing to weigh)."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    present = counts > 0
+    weights = torch.zeros_like(counts)
+    weights[present] = counts.sum() / (int(present.sum()) * counts[present])
+    return weights.float()
 
 
 class AsymmetricLoss(nn.Module):
@@ -70,15 +103,22 @@ class AsymmetricLoss(nn.Module):
         return loss
 
 
-def build_criterion(loss: str, multi_label: bool, label_smoothing: float = 0.0) -> nn.Module:
+def build_criterion(loss: str, multi_label: bool, label_smoothing: float = 0.0,
+                    class_weights: torch.Tensor | None = None) -> nn.Module:
     """The training loss ``train.loss`` names (``auto``: cross-entropy, or BCE for multi-label
-    targets); a loss that cannot train the data's kind of targets is refused."""
+    targets), weighed by ``class_weights`` if given; a loss that cannot train the data's kind
+    of targets is refused."""
+    if class_weights is not None and multi_label:
+        raise ReslabError("train.class_weights=balanced is for single-label data; multi-label losses (bce, "
+                          "asymmetric) weigh each label on its own: leave it at none")
     if loss == "auto":
         loss = "bce" if multi_label else "cross_entropy"
     if multi_label and loss == "cross_entropy":
         raise ReslabError("train.loss=cross_entropy cannot train multi-label targets; use bce or asymmetric")
     if not multi_label and loss != "cross_entropy":
         raise ReslabError(f"train.loss={loss} is for multi-label data (coco); use cross_entropy")
+    if loss == "cross_entropy" and class_weights is not None:
+        return WeightedCrossEntropy(class_weights, label_smoothing)
     if loss == "cross_entropy":
         return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     if label_smoothing:
