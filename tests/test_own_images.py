@@ -244,3 +244,25 @@ def test_every_command_of_the_readme_section_runs(tmp_path, monkeypatch, capsys)
     assert (balanced.train.class_weights, balanced.train.patience) == ("balanced", 5)
     tuned = load(str(tmp_path / "runs" / "tuned" / "config.yaml"))
     assert tuned.model.freeze == "backbone" and tuned.data.image_size == 224 and tuned.data.normalization == "auto"
+
+
+def test_a_study_of_sized_runs_reuses_and_resumes_them(tmp_path, monkeypatch):
+    """The study's config leaves the length empty; its runs' config.yaml hold the sizes chosen."""
+    import reslab.experiments.study as study_module
+    import reslab.train.setup as setup
+    from reslab.experiments.study import run_study, study_from_dict
+
+    monkeypatch.setattr(setup, "SIZED_EPOCHS", (2, 2))
+    study = {"recipe": "scratch", "models": ["resnet8"], "out": str(tmp_path / "study"),
+             "overrides": ["data.name=digits", "output.plots=false"]}
+    run_study(study_from_dict(study), progress=False)
+    run_dir = next((tmp_path / "study").glob("resnet8-*"))
+    assert load(str(run_dir / "config.yaml")).train.epochs == 2
+    calls = []
+    real = study_module.train
+    monkeypatch.setattr(study_module, "train", lambda *a, **k: calls.append(k.get("resume")) or real(*a, **k))
+    run_study(study_from_dict(study), progress=False)
+    assert calls == []  # finished: reused, not refused as another recipe
+    (run_dir / "metrics.json").unlink()  # as if stopped after its last epoch's checkpoint
+    run_study(study_from_dict(study), progress=False)
+    assert calls == [run_dir] and (run_dir / "metrics.json").is_file()

@@ -13,6 +13,7 @@ continuing one.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -95,10 +96,13 @@ def unfinished_twin(config: RunConfig) -> Path | None:
     if not (folder / "config.yaml").is_file() or (folder / "metrics.json").is_file():
         return None
     try:
-        if read_run_yaml(folder) != config.to_dict():
-            return None  # new_run_dir refuses it, naming --resume
+        saved = read_run_yaml(folder)
     except ReslabError:
         return None
+    wanted = copy.deepcopy(config)
+    adopt_sizing(wanted, flatten(saved))
+    if saved != wanted.to_dict():
+        return None  # new_run_dir refuses it, naming --resume
     logger.info("continuing the unfinished run in %s", folder)
     return folder
 
@@ -107,6 +111,7 @@ def check_resumable(run_dir: Path, config: RunConfig) -> None:
     """Refuse to continue or reuse ``run_dir`` with another model, data, split or recipe (or a
     finished run with another length); allowed changes are written into its config.yaml."""
     saved = flatten(read_run_yaml(run_dir))
+    adopt_sizing(config, saved)
     wanted = flatten(config.to_dict())
     changed = [key for key, value in wanted.items() if saved.get(key, value) != value]
     finished = (run_dir / "metrics.json").is_file()
@@ -125,6 +130,21 @@ def check_resumable(run_dir: Path, config: RunConfig) -> None:
                           "run, or use schedule.name=multistep or constant to train longer")
     if changed and not finished:
         config.save(run_dir / "config.yaml")
+
+
+# What a run sized to its data fills in when it starts (setup.size_to_data).
+SIZED_KEYS = ("train.epochs", "train.batch_size", "schedule.warmup_iters")
+
+
+def adopt_sizing(config: RunConfig, saved: dict) -> None:
+    """A config that leaves the length to the data continues a run with the sizes that run
+    chose (``saved``: its flattened config.yaml), so a study or the same command again reuses
+    or resumes it rather than seeing another recipe."""
+    if config.train.epochs is not None or config.train.max_iters is not None or saved.get("train.epochs") is None:
+        return
+    for key in SIZED_KEYS:
+        section, name = key.split(".")
+        setattr(getattr(config, section), name, saved.get(key, getattr(getattr(config, section), name)))
 
 
 def flatten(nested: dict) -> dict:
