@@ -11,7 +11,6 @@ benchmarks/results/class_weights.json with the CPU flags and the exact commands.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import shutil
 import sys
@@ -24,7 +23,7 @@ from reslab.train.loop import train
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks beside this one
 from fashion_mnist_folders import write_folders  # noqa: E402
-from folder_vs_memory import cpu_flags  # noqa: E402
+from common import cpu_flags, write_figures  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -86,9 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"mean recall of the rare classes: {mean_rare['none']:.3f} -> {mean_rare['balanced']:.3f}")
     report = {"counts": counts, "epochs": args.epochs, "recipe": args.recipe, "seed": args.seed, "runs": rows,
               "rare_mean_recall": mean_rare, "commands": commands, "cpu": cpu_flags()}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written: {args.json}")
+    write_figures(args.json, report)
     shutil.rmtree(work, ignore_errors=True)
     return report
 

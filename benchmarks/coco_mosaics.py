@@ -43,14 +43,13 @@ import numpy as np
 import torch
 
 from reslab.config import load
-from reslab.errors import ReslabError
 from reslab.evaluate.multilabel import multilabel_metrics
 from reslab.evaluate.runner import load_for_evaluation
 from reslab.train.loop import train
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks beside this one
 from fashion_mnist_folders import DATA_ROOT, YEAR, write_mosaics  # noqa: E402
-from folder_vs_memory import cpu_flags  # noqa: E402
+from common import cpu_flags, run_script, write_figures  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 FIGURES = ("map", "cp", "cr", "cf1", "op", "or", "of1", "subset_accuracy")
@@ -171,14 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
         "metrics_json_minus_rerun": run_vs_rerun, "targets_match_annotations": targets_match,
         "command": shlex.join(["reslab", "train", "--config", args.recipe, *overrides, "--no-progress"]),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(summary, indent=2))
-    print(f"written: {args.json}")
+    write_figures(args.json, summary)
     return summary
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ReslabError as exc:
-        sys.exit(f"coco_mosaics: error: {exc}")
+    run_script(main, "coco_mosaics")

@@ -34,7 +34,6 @@ training); writes benchmarks/results/folder_throughput.json (or --json) with the
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -53,7 +52,7 @@ from reslab.train.step import train_step
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks beside this one
 from fashion_mnist_folders import DATA_ROOT, FOLDER_MARKER, write_folders  # noqa: E402
-from folder_vs_memory import cpu_flags  # noqa: E402
+from common import cpu_flags, run_script, write_figures  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 MEAN, STD = [0.5] * 3, [0.5] * 3  # reslab's data.normalization=inception
@@ -220,14 +219,9 @@ def main(argv: list[str] | None = None) -> dict:
         "loading": loading, "training": training, "loading_ratio": loading_ratio, "training_ratio": training_ratio,
         "goal": goal, "goal_met": training_ratio >= goal,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(summary, indent=2))
-    print(f"written: {args.json}")
+    write_figures(args.json, summary)
     return summary
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ReslabError as exc:
-        sys.exit(f"folder_throughput: error: {exc}")
+    run_script(main, "folder_throughput")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import statistics
 import sys
@@ -48,10 +47,10 @@ import torch
 import yaml
 
 from reslab.config import load
-from reslab.errors import ReslabError
 from reslab.train.loop import train
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks beside this one
+from common import cpu_flags, run_script, write_figures  # noqa: E402
 from fashion_mnist_folders import DATA_ROOT, FOLDER_MARKER, write_folders  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -61,19 +60,6 @@ COMPARED = {"data": ("image_size", "normalization", "val_size", "train_size", "s
             "train": ("epochs", "batch_size", "label_smoothing", "ema", "tta", "precision", "channels_last"),
             "optim": ("name", "lr", "momentum", "nesterov", "weight_decay"),
             "schedule": ("name",), "model": ("name", "shortcut")}
-
-
-def cpu_flags() -> dict:
-    flags = set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
-    return {"model": platform.processor() or platform.machine(), **{flag: flag in flags for flag in wanted},
-            "threads": torch.get_num_threads()}
 
 
 def common_overrides(args) -> list[str]:
@@ -212,14 +198,9 @@ def main(argv: list[str] | None = None) -> dict:
         "settings_differ": mismatched, "sizes_differ": len(sizes) > 1,
         "runs": rows, "verdict": judged, "commands": [r["command"] for r in rows],
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(summary, indent=2))
-    print(f"written: {args.json}")
+    write_figures(args.json, summary)
     return summary
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ReslabError as exc:
-        sys.exit(f"folder_vs_memory: error: {exc}")
+    run_script(main, "folder_vs_memory")

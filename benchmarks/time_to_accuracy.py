@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import tempfile
@@ -54,7 +53,8 @@ from reslab.device import resolve_device
 from reslab.evaluate.runner import load_for_evaluation, load_weights
 from reslab.train.loop import train
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks beside this one
+from common import cpu_flags  # noqa: E402
 from train_speed import PilCifar  # noqa: E402  (one PIL image and one transform call per item, as the scripts)
 
 RESULTS = Path(__file__).parent / "results"
@@ -63,19 +63,6 @@ RESULTS = Path(__file__).parent / "results"
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def cpu_flags() -> dict:
-    flags = set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
-    return {"model": platform.processor() or platform.machine(), **{flag: flag in flags for flag in wanted},
-            "threads": torch.get_num_threads()}
 
 
 @torch.inference_mode()
