@@ -314,6 +314,7 @@ def test_auto_prefers_torchcodec_and_torchvision_never_decodes_pngs_under_auto(m
     assert decoding.resolve_decoder("auto") == "torchcodec"
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchcodec" else real(name, *a))
+    decoding._resolved.cache_clear()  # decode() looks TorchCodec up once per process
     assert decoding.resolve_decoder("auto") == "torchvision-jpeg"
     with pytest.raises(ReslabError, match=r"pip install -e '\.\[torchcodec\]'"):
         decoding.resolve_decoder("torchcodec")
@@ -324,6 +325,7 @@ def test_auto_prefers_torchcodec_and_torchvision_never_decodes_pngs_under_auto(m
     assert calls == []  # a PNG went to Pillow
     decoding.decode(jpeg(np.zeros((4, 4, 3), np.uint8)), "auto")
     assert len(calls) == 1
+    decoding._resolved.cache_clear()
 
 
 def test_torchcodec_reports_a_png_shorter_than_its_header_as_damaged():
