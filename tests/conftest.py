@@ -86,6 +86,26 @@ def quick_config(tmp_path: Path, *overrides: str):
                                 "train.batch_size=128", *overrides])
 
 
+def crash_after_epochs(config, epochs: int) -> Path:
+    """Train ``config`` until ``epochs`` epochs are saved, then crash as a kill there would;
+    returns the run folder left behind."""
+    import reslab.train.run_folder as run_folder
+    from reslab.train.loop import train
+
+    real = run_folder.write_history
+
+    def crash(path, history):  # written right after the epoch's checkpoint
+        real(path, history)
+        if len(history) == epochs:
+            raise RuntimeError("simulated crash")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_folder, "write_history", crash)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(config, progress=False)
+    return Path(config.output.dir) / config.output.name
+
+
 @pytest.fixture(scope="module")
 def keras():
     """Keras 3 on the torch backend (no TensorFlow). A test dependency: missing, tests fail."""

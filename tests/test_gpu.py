@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import quick_config
+from conftest import crash_after_epochs, quick_config
 from reslab import create_model, distributed
 from reslab.checkpoint import epoch_checkpoints, load_checkpoint
 from reslab.config import AugmentConfig, DataConfig, OptimConfig, ScheduleConfig, load
@@ -26,7 +26,6 @@ from reslab.data.arrays import ArrayDataset
 from reslab.data.datasets import load_splits
 from reslab.data.loader import BatchAugment, DeviceLoader
 from reslab.evaluate.task import Task
-from reslab.train import run_folder
 from reslab.train.ema import ModelEma
 from reslab.train.loop import train
 from reslab.train.optim import build_optimizer, build_scheduler
@@ -268,23 +267,12 @@ def test_a_run_compiled_with_cuda_graphs_and_accumulation_trains(tmp_path):
 # ---------------------------------------------------------------- resume, predict, export
 
 
-def test_a_crashed_fp16_run_resumes_bit_exactly_on_the_gpu(tmp_path, monkeypatch):
+def test_a_crashed_fp16_run_resumes_bit_exactly_on_the_gpu(tmp_path):
     overrides = ("train.device=cuda", "train.precision=fp16", "train.deterministic=true", "train.epochs=3",
                  "augment.rotation=10", "train.ema=0.9", "output.plots=false")
     whole = train(quick_config(tmp_path, *overrides, "output.name=whole"), progress=False)
 
-    real = run_folder.write_history
-
-    def crash_after_two(path, history):
-        real(path, history)
-        if len(history) == 2:
-            raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(run_folder, "write_history", crash_after_two)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(quick_config(tmp_path, *overrides, "output.name=crashed"), progress=False)
-    monkeypatch.setattr(run_folder, "write_history", real)
-    crashed = tmp_path / "runs" / "crashed"
+    crashed = crash_after_epochs(quick_config(tmp_path, *overrides, "output.name=crashed"), 2)
     resumed = train(load_run_config(crashed), resume=crashed, progress=False)
 
     finals = [load_checkpoint(epoch_checkpoints(run)[-1], map_location="cpu") for run in (whole.run_dir, crashed)]

@@ -5,8 +5,7 @@ import json
 import pytest
 import torch
 
-import reslab.train.run_folder as run_folder
-from conftest import quick_config
+from conftest import crash_after_epochs, quick_config
 from reslab import ReslabError
 from reslab.config import load
 from reslab.checkpoint import epoch_checkpoints, load_checkpoint
@@ -58,23 +57,11 @@ def _final_weights(run_dir):
     return load_checkpoint(epoch_checkpoints(run_dir)[-1])["model"]
 
 
-def test_resume_after_a_crash_gives_the_same_result(tmp_path, monkeypatch):
+def test_resume_after_a_crash_gives_the_same_result(tmp_path):
     overrides = ("train.epochs=3", "train.deterministic=true", "augment.rotation=10")
     whole = train(quick_config(tmp_path, *overrides, "output.name=whole"), progress=False)
 
-    # Crash right after the second epoch's checkpoint is written.
-    real = run_folder.write_history
-
-    def crash_after_two(path, history):
-        real(path, history)
-        if len(history) == 2:
-            raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(run_folder, "write_history", crash_after_two)
-    with pytest.raises(RuntimeError):
-        train(quick_config(tmp_path, *overrides, "output.name=crashed"), progress=False)
-    monkeypatch.setattr(run_folder, "write_history", real)
-    crashed = tmp_path / "runs" / "crashed"
+    crashed = crash_after_epochs(quick_config(tmp_path, *overrides, "output.name=crashed"), 2)
     assert not (crashed / "metrics.json").exists()
 
     resumed = train(load_run_config(crashed), resume=crashed, progress=False)

@@ -151,6 +151,12 @@ class TrainConfig:
     # "balanced"), so that a rare class counts as much as a common one; single-label data only.
     class_weights: Literal["none", "balanced"] = "none"
 
+    @property
+    def sized_to_data(self) -> bool:
+        """No length given (neither epochs nor max_iters): the run sizes it to its training
+        split when it starts (train/setup.py, size_to_data)."""
+        return self.epochs is None and self.max_iters is None
+
 
 @dataclass
 class OutputConfig:

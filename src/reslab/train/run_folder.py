@@ -140,7 +140,7 @@ def adopt_sizing(config: RunConfig, saved: dict) -> None:
     """A config that leaves the length to the data continues a run with the sizes that run
     chose (``saved``: its flattened config.yaml), so a study or the same command again reuses
     or resumes it rather than seeing another recipe."""
-    if config.train.epochs is not None or config.train.max_iters is not None or saved.get("train.epochs") is None:
+    if not config.train.sized_to_data or saved.get("train.epochs") is None:
         return
     for key in SIZED_KEYS:
         section, name = key.split(".")
