@@ -243,6 +243,24 @@ def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
     assert seen and set(seen) == {"reduce-overhead"}
 
 
+
+def test_a_forced_cpu_capability_compiles_into_its_own_kernel_cache(monkeypatch, tmp_path):
+    # Kernels cached under the CPU's own capability and reused under ATEN_CPU_CAPABILITY=avx2
+    # crashed a compiled run (SIGSEGV). Importing torch._dynamo writes the default folder into
+    # the environment first, so that is the state compile_model starts from.
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from reslab.device import compile_model
+
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    compile_model(torch.nn.Linear(2, 2), None)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == default_cache_dir() + "_avx2"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # the user's own folder stays
+    compile_model(torch.nn.Linear(2, 2), None)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path)
+
+
 # ---------------------------------------------------------------- resize filter and decoders
 
 

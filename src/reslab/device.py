@@ -64,6 +64,24 @@ def configure(device: torch.device, deterministic: bool, threads: int | None) ->
         torch.backends.cudnn.benchmark = True
 
 
+def compile_model(network: torch.nn.Module, mode: str | None) -> torch.nn.Module:
+    """``torch.compile``, with Inductor's kernel cache kept apart per forced CPU capability.
+
+    Inductor's cache key does not include ``ATEN_CPU_CAPABILITY``: kernels cached by a run with
+    the CPU's own (AVX-512) kernels were reused by a run forced to AVX2 on the same machine, and
+    that run died of SIGSEGV. A forced capability therefore gets a cache folder of its own,
+    unless the user named one."""
+    capability = os.environ.get("ATEN_CPU_CAPABILITY")
+    if capability:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        # Importing torch._dynamo (the optimizer and DDP do) already writes the default folder
+        # into the environment, so "not set" and "set to the default" both mean "not the user's".
+        if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default_cache_dir()):
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}_{capability}"
+    return torch.compile(network, mode=mode)
+
+
 def rng_state() -> dict:
     """Every global random state, in types ``torch.load(weights_only=True)`` accepts."""
     kind, keys, position, has_gauss, cached = np.random.get_state()

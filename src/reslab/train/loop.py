@@ -25,7 +25,7 @@ from ..checkpoint import epoch_checkpoints, load_checkpoint
 from ..config import RunConfig, validate
 from ..data import DataBundle, resolve_defaults
 from ..data.files import write_bad_files
-from ..device import configure, resolve_device, seed_everything
+from ..device import compile_model, configure, resolve_device, seed_everything
 from ..errors import ReslabError
 from ..evaluate.calibration import plot_reliability
 from ..evaluate.plots import plot_confusion, plot_history
@@ -264,7 +264,7 @@ def _wrap(model, config: RunConfig, device, env):
     network = model
     if env.enabled:
         network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return torch.compile(network, mode=config.train.compile_mode) if config.train.compile else network
+    return compile_model(network, config.train.compile_mode) if config.train.compile else network
 
 
 def _save_epoch(state: TrainState, run_dir: Path, meta: dict, best_weights: str | None, keep_last: int) -> None:
