@@ -6,8 +6,10 @@ allowed to be unpickled."""
 from __future__ import annotations
 
 import io
+import lzma
 import pickle
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,10 +66,18 @@ def _unpickle(raw: bytes, where: str) -> dict:
     try:
         data = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except Exception as exc:  # any unpickling failure means the file is not a CIFAR batch
-        raise ReslabError(f"{where} is not a CIFAR batch ({exc})") from None
+        raise ReslabError(f"{where} is not a CIFAR batch ({_one_line(exc)})") from None
     if not isinstance(data, dict):
         raise ReslabError(f"{where} is not a CIFAR batch (not a dictionary)")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's text on one line: tarfile lists each compression it tried on a line of
+    its own, and an unpickling error may quote names holding line breaks."""
+    if isinstance(exc, tarfile.ReadError) and str(exc).startswith("file could not be opened"):
+        return "not a tar archive, plain or compressed with gzip, bzip2 or xz"
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def find_cifar(root: Path, name: str) -> Path | None:
@@ -129,7 +139,10 @@ def _read_members(location: Path, spec: CifarSpec) -> dict[str, bytes]:
     if location.is_dir():
         for member in wanted:
             if (location / member).is_file():
-                found[member] = (location / member).read_bytes()
+                try:
+                    found[member] = (location / member).read_bytes()
+                except OSError as exc:
+                    raise ReslabError(f"cannot read {location / member}: {exc.strerror or exc}") from None
     else:
         try:
             with tarfile.open(location, "r:*") as archive:
@@ -137,9 +150,9 @@ def _read_members(location: Path, spec: CifarSpec) -> dict[str, bytes]:
                     member = Path(info.name).name
                     if info.isfile() and member in wanted:
                         found[member] = archive.extractfile(info).read()
-        except (tarfile.TarError, OSError, EOFError) as exc:
+        except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
             raise ReslabError(
-                f"{location} is not a readable {spec.title} archive ({exc}); delete it and download "
+                f"{location} is not a readable {spec.title} archive ({_one_line(exc)}); delete it and download "
                 f"{spec.url} again"
             ) from None
     missing = [m for m in wanted if m not in found]

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from ..errors import ReslabError
-from ..runfs import atomic_write_json
+from ..runfs import atomic_write_json, check_writable
 from .calibration import (CALIBRATION_FILE, calibration_metrics, checkpoint_digest, fit_temperature, plot_calibration,
                           resolve_checkpoint)
 from .runner import load_for_evaluation
@@ -34,6 +34,7 @@ def calibrate_run(run: Path | str, device: str = "auto", data_root: str | None =
     if run_dir is None:
         raise ReslabError(f"{run} is not in a run folder; calibrate writes calibration.json into the run folder, "
                           "so give the run folder (or a checkpoint in its checkpoints/)")
+    check_run_outputs(run_dir)  # before the evaluation, not after it
     with load_for_evaluation(path, data_root=data_root, device=device) as loaded:
         if loaded.task.multi_label:
             raise ReslabError(f"{run} is a multi-label checkpoint; temperature scaling here is for softmax "
@@ -46,8 +47,6 @@ def calibrate_run(run: Path | str, device: str = "auto", data_root: str | None =
     temperature = fit_temperature(*logits["val"])
     before = {split: calibration_metrics(*pair) for split, pair in logits.items()}
     after = {split: calibration_metrics(*pair, temperature=temperature) for split, pair in logits.items()}
-    plot_calibration(before["test"], after["test"], temperature, run_dir / FIGURE,
-                     title=f"{model} on {dataset}: test split, before and after temperature scaling")
     record = {
         "temperature": temperature,
         "checkpoint": path.relative_to(run_dir).as_posix() if path.is_relative_to(run_dir) else path.name,
@@ -57,10 +56,33 @@ def calibrate_run(run: Path | str, device: str = "auto", data_root: str | None =
         "fitted_on": "val", "images": {split: len(pair[1]) for split, pair in logits.items()},
         "before": before, "after": after, "figure": FIGURE,
     }
-    atomic_write_json(run_dir / CALIBRATION_FILE, record)
+    target = run_dir / FIGURE
+    try:
+        plot_calibration(before["test"], after["test"], temperature, target,
+                         title=f"{model} on {dataset}: test split, before and after temperature scaling")
+        target = run_dir / CALIBRATION_FILE
+        atomic_write_json(target, record)  # last: what predict and serve read
+    except OSError as exc:
+        raise ReslabError(f"cannot write {target}: {exc.strerror or exc}; {CALIBRATION_FILE} is as it was "
+                          "before") from None
     logger.info("temperature %.4f fitted on %d validation images of %s; stored in %s", temperature,
                 record["images"]["val"], run_dir, run_dir / CALIBRATION_FILE)
     return record
+
+
+def check_run_outputs(run_dir: Path) -> None:
+    """calibration.json and calibration.png can be written into ``run_dir``: each a file or
+    absent, in a folder this user may write to."""
+    for name in (CALIBRATION_FILE, FIGURE):
+        target = run_dir / name
+        if target.exists() and not target.is_file():
+            raise ReslabError(f"{target} exists and is not a file; calibrate writes its {name} there: move it away "
+                              "first")
+    try:
+        check_writable(run_dir)
+    except ReslabError:
+        raise ReslabError(f"run folder {run_dir} is not writable; calibrate writes calibration.json there: make it "
+                          "writable, or calibrate a copy of the run folder") from None
 
 
 def calibration_table(record: dict) -> str:

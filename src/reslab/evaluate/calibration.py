@@ -14,7 +14,6 @@ that very checkpoint.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from pathlib import Path
@@ -26,11 +25,16 @@ from ..checkpoint import best_or_last
 from ..errors import ReslabError
 from ..figures import new_figure, save_figure
 from ..models.weights.hub import is_hub_source
+from ..runfs import read_json
 
 logger = logging.getLogger(__name__)
 
 BINS = 15  # Guo et al.'s M
 CALIBRATION_FILE = "calibration.json"
+# The temperatures a fit may give and a stored file may hold. Fitted ones lie near 1 to 3;
+# beyond these bounds a fit says only that the validation split cannot pin T down (all its
+# images right drives T to 0), and a stored one is a damaged file.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 
 
 # ---------------------------------------------------------------- the measures
@@ -105,7 +109,8 @@ def calibration_metrics(logits: torch.Tensor, targets: torch.Tensor, temperature
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
     """The T > 0 minimising the NLL of softmax(logits / T) (Guo et al. §4.2), by L-BFGS on
-    log T (the NLL is convex in 1/T, and log T keeps T positive)."""
+    log T (the NLL is convex in 1/T, and log T keeps T positive), kept within
+    MIN_TEMPERATURE..MAX_TEMPERATURE."""
     if len(targets) == 0:
         raise ReslabError("temperature scaling needs validation images; the split is empty")
     logits = logits.detach().double().cpu().clone()  # a normal tensor, even from inference mode
@@ -121,7 +126,7 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
 
     with torch.enable_grad():
         optimizer.step(closure)
-    return float(log_temperature.detach().exp())
+    return min(max(float(log_temperature.detach().exp()), MIN_TEMPERATURE), MAX_TEMPERATURE)
 
 
 # ---------------------------------------------------------------- figures
@@ -196,30 +201,41 @@ def resolve_checkpoint(checkpoint: Path) -> tuple[Path, Path | None]:
     return checkpoint, None
 
 
+def temperature_problem(value) -> str | None:
+    """Why ``value`` is no stored temperature (not a number, or beyond the bounds), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"its temperature is not a number (a {type(value).__name__})"
+    if not (math.isfinite(value) and MIN_TEMPERATURE <= value <= MAX_TEMPERATURE):
+        return f"its temperature {value!r} is outside {MIN_TEMPERATURE:g}..{MAX_TEMPERATURE:g}"
+    return None
+
+
 def read_calibration(checkpoint: Path) -> dict | None:
     """The run's calibration.json when it was fitted on this very checkpoint file, else None
-    (a warning says when one exists for another checkpoint or cannot be read)."""
+    (a warning says when one exists for another checkpoint or cannot be used)."""
     path, run_dir = resolve_checkpoint(checkpoint)
-    if run_dir is None or not (run_dir / CALIBRATION_FILE).is_file():
+    if run_dir is None or not (run_dir / CALIBRATION_FILE).exists():
         return None
     source = run_dir / CALIBRATION_FILE
     try:
-        stored = json.loads(source.read_text())
-        temperature = float(stored["temperature"])
-        fitted_on, digest = stored["checkpoint"], stored["checkpoint_sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        logger.warning("%s is unreadable (%s); probabilities are not temperature-scaled", source, exc)
+        stored = read_json(source, "calibration file")  # a huge file is refused unread
+    except ReslabError as exc:
+        logger.warning("%s; probabilities are not temperature-scaled: run reslab calibrate %s again", exc, run_dir)
         return None
-    if not (math.isfinite(temperature) and temperature > 0):
-        logger.warning("%s holds temperature %r; probabilities are not temperature-scaled", source, temperature)
+    problem = temperature_problem(stored.get("temperature"))
+    if problem is None and not all(isinstance(stored.get(key), str) for key in ("checkpoint", "checkpoint_sha256")):
+        problem = "it does not name the checkpoint it was fitted on"
+    if problem:
+        logger.warning("calibration file %s is damaged: %s; probabilities are not temperature-scaled: run reslab "
+                       "calibrate %s again", source, problem, run_dir)
         return None
-    if Path(fitted_on).name != path.name:
+    if Path(stored["checkpoint"]).name != path.name:
         return None  # fitted for another checkpoint of the run (best.pt, and this is an epoch file)
-    if checkpoint_digest(path) != digest:
+    if checkpoint_digest(path) != stored["checkpoint_sha256"]:
         logger.warning("%s was fitted on another %s (the file changed since); probabilities are not "
                        "temperature-scaled: run reslab calibrate %s again", source, path.name, run_dir)
         return None
-    return {**stored, "temperature": temperature, "path": str(source)}
+    return {**stored, "temperature": float(stored["temperature"]), "path": str(source)}
 
 
 def stored_temperature(checkpoint: Path) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from ..precision import resolve_precision
 from .calibration import calibration_metrics, plot_reliability, read_calibration, resolve_checkpoint
 from .predict import predict
 from .task import Task
+
+logger = logging.getLogger(__name__)
 
 # Input pixels in one batch a default batch size may hold (256 images of 224x224): the largest
 # inputs a family takes (models/registry.py) go in smaller batches, so memory stays as at 224.
@@ -202,16 +205,23 @@ def evaluate_checkpoint(path: Path, data: str | None = None, data_root: str | No
 def write_reliability(checkpoint: Path, result: dict) -> Path | None:
     """The reliability diagram of an evaluation, into the checkpoint's run folder:
     reliability.png for the run's own checkpoint and test split (what training drew), else
-    reliability-<checkpoint>-<dataset>-<split>.png. None outside a run folder or multi-label."""
+    reliability-<checkpoint>-<dataset>-<split>.png. None outside a run folder or multi-label,
+    and where it cannot be written (an archived, read-only run): the metrics are complete
+    without it, so a warning says so rather than an error."""
     metrics = result[result["split"]]
     path, run_dir = resolve_checkpoint(Path(checkpoint))
     if "reliability" not in metrics or run_dir is None:
         return None
     own = path == best_or_last(run_dir) and result["split"] == "test" and result["dataset"] == result["trained_on"]
     name = "reliability.png" if own else f"reliability-{path.stem}-{result['dataset']}-{result['split']}.png"
-    plot_reliability(metrics["reliability"], run_dir / name,
-                     title=f"{result['model']} on {result['dataset']} ({result['split']}): ECE "
-                           f"{100 * metrics['ece']:.2f}%")
+    try:
+        plot_reliability(metrics["reliability"], run_dir / name,
+                         title=f"{result['model']} on {result['dataset']} ({result['split']}): ECE "
+                               f"{100 * metrics['ece']:.2f}%")
+    except OSError as exc:
+        logger.warning("reliability diagram not written: cannot write %s (%s); the metrics are complete",
+                       run_dir / name, exc.strerror or exc)
+        return None
     return run_dir / name
 
 

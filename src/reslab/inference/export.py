@@ -21,6 +21,7 @@ from torch import nn
 from .. import __version__
 from ..errors import ReslabError
 from ..extras import missing_extra
+from ..runfs import is_run_folder, refuse_run_file
 from .predict import load_model
 
 # Each format's suffix for the default output name; "hub" writes a folder.
@@ -76,21 +77,13 @@ def export_checkpoint(checkpoint: Path | str, format: str, output: Path | str | 
         example = output / default_output(Path(checkpoint), format)
         raise ReslabError(f"--output {output} is a folder; give a file name, e.g. {example}")
     for target in (output, output.with_suffix(".json")):  # the export and its metadata side file
-        if target.exists() and _in_run_folder(target):
-            raise ReslabError(f"--output {output} would replace {target}, a file of the run folder "
-                              f"{target.parent}; write the export elsewhere")
+        refuse_run_file(target, output, "write the export elsewhere")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ReslabError(f"cannot create the folder of {output}: {exc.strerror}") from None
     exporter = {"onnx": export_onnx, "torchscript": export_torchscript, "safetensors": export_safetensors}[format]
     return exporter(model, meta, output)
-
-
-def _in_run_folder(path: Path) -> bool:
-    """Whether ``path`` lies in a reslab run folder (or its checkpoints/ folder)."""
-    return any((folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir()
-               for folder in (path.parent, path.parent.parent))
 
 
 def example_inputs(meta: dict, batch: int, seed: int) -> torch.Tensor:
@@ -284,7 +277,7 @@ def _check_hub_output(output: Path, own_files: tuple[str, ...]) -> None:
         raise ReslabError(f"--output {output} is a file; the hub format writes a folder (e.g. {output.stem}-hub)")
     if not output.is_dir():
         return
-    if _is_run_folder(output) or (output.name == "checkpoints" and _is_run_folder(output.parent)):
+    if is_run_folder(output) or (output.name == "checkpoints" and is_run_folder(output.parent)):
         raise ReslabError(f"--output {output} is a run folder; write the hub folder elsewhere")
     others = sorted(path.name for path in output.iterdir() if path.name not in own_files)
     if others or ((output / own_files[0]).exists() and not _is_reslab_config(output / own_files[0])):
@@ -298,7 +291,3 @@ def _is_reslab_config(path: Path) -> bool:
         return isinstance(json.loads(path.read_text(encoding="utf8")).get("reslab"), dict)
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def _is_run_folder(folder: Path) -> bool:
-    return (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir()

@@ -95,11 +95,59 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
 
 def read_run(run_dir: Path) -> Run:
     result = load_result(run_dir)
+    problem = metrics_problem(result.metrics)
+    if problem:
+        raise ReslabError(f"{Path(run_dir) / 'metrics.json'} is damaged: {problem}; the run's checkpoints can be "
+                          "evaluated again with reslab evaluate")
     config_path = Path(run_dir) / "config.yaml"
     config = read_yaml_file(config_path, "run config") if config_path.is_file() else {}
     if not isinstance(config, dict | None) or any(not isinstance(v, dict) for v in (config or {}).values()):
         raise ReslabError(f"run config {config_path} is damaged: a mapping of sections was expected")
     return Run(Path(run_dir), result.metrics, result.history, config or {}, _variant(Path(run_dir)))
+
+
+# What the report reads of a run's metrics.json (train/loop.py's finish writes it).
+NAMES = ("model", "dataset")
+NUMBERS = ("seed", "parameters", "macs")
+OPTIONAL_NUMBERS = ("epochs", "best_epoch", "train_seconds", "images_per_second", "peak_memory_bytes",
+                    "peak_memory_mb")
+TEST_NUMBERS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
+OPTIONAL_TEST_NUMBERS = ("samples", "ece", "nll", "brier")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def metrics_problem(metrics: dict) -> str | None:
+    """Why a run's metrics (a mapping with a ``test`` mapping, as ``load_result`` checks)
+    cannot be reported, or None: each figure the report reads, of the type it reads."""
+    test = metrics["test"]
+    wrong = ([f"'{key}' is not a name" for key in NAMES if not isinstance(metrics.get(key), str)]
+             + [f"'{key}' is not a number" for key in NUMBERS if not _number(metrics.get(key))]
+             + [f"'{key}' is not a number" for key in OPTIONAL_NUMBERS
+                if metrics.get(key) is not None and not _number(metrics[key])]
+             + [f"'test.{key}' is not a number" for key in TEST_NUMBERS if not _number(test.get(key))]
+             + [f"'test.{key}' is not a number" for key in OPTIONAL_TEST_NUMBERS
+                if test.get(key) is not None and not _number(test[key])])
+    if wrong:
+        return wrong[0]
+    per_class = test.get("per_class")
+    if not (isinstance(per_class, list) and per_class and all(
+            isinstance(c, dict) and isinstance(c.get("class"), str) and _number(c.get("f1")) for c in per_class)):
+        return "'test.per_class' is not a list of classes with their F1"
+    matrix, size = test.get("confusion_matrix"), len(per_class)
+    if matrix is not None and not (isinstance(matrix, list) and len(matrix) == size and all(
+            isinstance(row, list) and len(row) == size and all(_number(v) for v in row) for row in matrix)):
+        return f"'test.confusion_matrix' is not {size} rows of {size} counts"
+    reliability = test.get("reliability")
+    if reliability is not None and not (isinstance(reliability, dict) and _number(reliability.get("bins")) and all(
+            isinstance(reliability.get(key), list) and len(reliability[key]) == reliability["bins"]
+            for key in ("count", "confidence", "accuracy"))
+            and all(_number(v) for v in reliability["count"])
+            and all(v is None or _number(v) for key in ("confidence", "accuracy") for v in reliability[key])):
+        return "'test.reliability' is not the bins of a reliability diagram"
+    return None
 
 
 def _variant(run_dir: Path) -> str | None:
@@ -690,12 +738,21 @@ def report_text(report: Report, table: str | None = None) -> str:
 
 
 def load_bench(path: str | Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ReslabError(f"bench file {path} does not exist; write one with reslab bench --json") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ReslabError(f"bench file {path} is not JSON; write one with reslab bench --json") from None
-    if not isinstance(data, dict) or "results" not in data:
+    if not Path(path).exists():
+        raise ReslabError(f"bench file {path} does not exist; write one with reslab bench --json")
+    data = read_json(Path(path), "bench file")
+    if "results" not in data:
         raise ReslabError(f"{path} is not a reslab bench file (no results)")
+    results, environment = data["results"], data.get("environment")
+    numbers = ("batch_size", "parameters", "train_images_per_second", "train_latency_ms",
+               "inference_images_per_second", "inference_latency_ms")
+    optional = ("macs", "train_peak_memory_bytes", "inference_peak_memory_bytes")
+    rows_fit = isinstance(results, list) and all(
+        isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("model", "device", "precision"))
+        and all(_number(row.get(k)) for k in numbers) and isinstance(row.get("input_size"), list)
+        and all(row.get(k) is None or _number(row[k]) for k in optional) for row in results)
+    load = environment.get("load_average_before") if isinstance(environment, dict) else "missing"
+    if not rows_fit or not (load is None or _number(load)):
+        raise ReslabError(f"bench file {path} is damaged: not the 'results' and 'environment' reslab bench --json "
+                          "writes; write it again with reslab bench --json")
     return data

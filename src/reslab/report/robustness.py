@@ -14,7 +14,6 @@ accuracies, sqrt(sum_m n_m acc_m (1 - acc_m)) / n, a first-order estimate.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -23,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ReslabError
-from ..evaluate.calibration import plot_reliability
+from ..evaluate.calibration import CALIBRATION_FILE, plot_reliability, temperature_problem
 from ..evaluate.robustness import RESULTS_FILE, plot_heatmap, summarise
+from ..runfs import read_json
 from .plots import FAMILY_COLOURS, plot_against_depth
 
 SUMMED = ("clean_error", "mean_corruption_error", "mce", "relative_mce", "ece", "ece_calibrated", "nll", "brier",
@@ -77,10 +77,13 @@ def _entry(run, row: dict) -> dict | None:
     if not path.is_file():
         return None
     try:
-        stored = json.loads(path.read_text())
+        stored = read_json(path, "robustness file")  # a huge file is refused unread
+    except ReslabError as exc:
+        raise ReslabError(f"{exc}; delete it and run reslab compare --robustness again") from None
+    try:
         errors = stored["errors"]
         severities = sorted(set.intersection(*(set(v) for v in errors.values())), key=int)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ReslabError(f"{path} is not a reslab robustness file ({exc}); delete it and run "
                           "reslab compare --robustness again") from None
     result = {**stored, "severities": [int(s) for s in severities],
@@ -99,14 +102,19 @@ def _entry(run, row: dict) -> dict | None:
 
 
 def _calibrated(run_dir: Path) -> dict:
-    path = run_dir / "calibration.json"
+    """The temperature and the test ECE after scaling that ``reslab calibrate`` stored, or {}
+    where it did not run or its file is damaged (evaluate and predict warn of that)."""
+    path = run_dir / CALIBRATION_FILE
     if not path.is_file():
         return {}
     try:
-        stored = json.loads(path.read_text())
-        return {"temperature": float(stored["temperature"]), "ece": float(stored["after"]["test"]["ece"])}
-    except (OSError, ValueError, KeyError, TypeError):
+        stored = read_json(path, "calibration file")  # a huge file is refused unread
+        ece = stored["after"]["test"]["ece"]
+    except (ReslabError, KeyError, TypeError):
         return {}
+    if temperature_problem(stored.get("temperature")) or not isinstance(ece, (int, float)) or isinstance(ece, bool):
+        return {}
+    return {"temperature": float(stored["temperature"]), "ece": float(ece)}
 
 
 def _normalise(entries: list[dict]) -> None:

@@ -33,7 +33,7 @@ from .. import __version__
 from ..checkpoint import epoch_checkpoints, load_checkpoint, prune, save_checkpoint
 from ..config import RunConfig, apply_overrides, from_dict, safe_yaml
 from ..errors import ReslabError
-from ..runfs import atomic_write_json, atomic_write_text, new_run_dir
+from ..runfs import atomic_write_json, atomic_write_text, new_run_dir, read_capped, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -153,9 +153,12 @@ def flatten(nested: dict) -> dict:
 
 def latest_checkpoint(run_dir: Path) -> dict | None:
     """The newest readable checkpoint: last.pt, else the newest epoch checkpoint that loads.
-    None when the run was stopped before its first checkpoint (it starts again)."""
+    None when the run was stopped before its first checkpoint (it starts again). Read as the
+    run is continued, which owns the folder from here on: the temporary files of a save that
+    a kill interrupted are removed first."""
     if not (run_dir / "config.yaml").is_file():
         raise ReslabError(f"{run_dir} is not a reslab run folder (no config.yaml)")
+    remove_stale_temporaries(run_dir / "checkpoints")
     candidates = [run_dir / "checkpoints" / "last.pt", *reversed(epoch_checkpoints(run_dir))]
     problems = []
     for path in candidates:
@@ -248,9 +251,10 @@ def write_history(path: Path, history: list[dict]) -> None:
 def load_result(run_dir: Path) -> RunResult:
     """A finished run's result, read back from its folder (a damaged file is one error line)."""
     path = Path(run_dir) / "metrics.json"
+    raw = read_capped(path, "metrics file")  # a huge or endless file is refused unread
     try:
-        metrics = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        metrics = json.loads(raw.decode())
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ReslabError(f"{path} is not readable JSON ({str(exc).splitlines()[0][:120]}); the run's "
                           "checkpoints can be evaluated again with reslab evaluate") from None
     if not isinstance(metrics, dict) or not isinstance(metrics.get("test"), dict):
