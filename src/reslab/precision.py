@@ -5,6 +5,7 @@ that all three compute the same way."""
 from __future__ import annotations
 
 import contextlib
+import typing
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -15,10 +16,10 @@ if TYPE_CHECKING:
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device) -> Precision:
     """``auto``: bf16 where the device computes it natively, fp16 on older GPUs, else fp32."""
     if precision != "auto":
-        return precision
+        return typing.cast(Precision, precision)
     import torch
 
     if device.type == "cuda":

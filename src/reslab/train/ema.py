@@ -40,7 +40,7 @@ class ModelEma:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        averaged = list(self.module.parameters())
+        averaged: list[torch.Tensor] = list(self.module.parameters())
         live = [parameter.detach() for parameter in model.parameters()]
         torch._foreach_lerp_(averaged, live, 1 - self.current_decay())
         self.updates += 1
@@ -75,6 +75,7 @@ def combine_batchnorm_statistics(model: nn.Module, world_size: int) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
             mean, var = module.running_mean, module.running_var
+            assert var is not None  # tracked together with the mean
             stacked = torch.stack([mean, var + mean.square()])
             torch.distributed.all_reduce(stacked)
             stacked /= world_size

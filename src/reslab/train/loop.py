@@ -24,7 +24,7 @@ from .. import distributed
 from ..checkpoint import epoch_checkpoints, load_checkpoint
 from ..config import RunConfig, validate
 from ..data import DataBundle, resolve_defaults
-from ..data.files import write_bad_files
+from ..data.files import BadFile, write_bad_files
 from ..device import compile_model, configure, resolve_device, seed_everything
 from ..errors import ReslabError
 from ..evaluate.calibration import plot_reliability
@@ -135,8 +135,9 @@ def fit(config: RunConfig, bundle: DataBundle, model, meta: dict, device, env, r
         stop: StopRequest, progress: bool, watchers: Sequence[Observer] = ()) -> tuple[TrainState, Task]:
     """Train, validate and checkpoint epoch after epoch; returns the final state."""
     task = Task(bundle.task, bundle.classes, config.train.threshold)
-    weights = balanced_weights(bundle.train_class_counts()) if config.train.class_weights == "balanced" else None
-    criterion = build_criterion(config.train.loss, task.multi_label, config.train.label_smoothing, weights)
+    class_weights = (balanced_weights(bundle.train_class_counts()) if config.train.class_weights == "balanced"
+                     else None)
+    criterion = build_criterion(config.train.loss, task.multi_label, config.train.label_smoothing, class_weights)
     optimizer, scheduler, total_steps = build_optimization(config, model, device, len(bundle.train))
     state = TrainState(model, optimizer, scheduler, torch.amp.GradScaler(device.type,
                                                                        enabled=config.train.precision == "fp16"),
@@ -176,7 +177,7 @@ def fit(config: RunConfig, bundle: DataBundle, model, meta: dict, device, env, r
             bar.close()
             raise stop.interrupted(state.step, state.epoch, run_dir)
     bar.close()
-    if _out_of_patience(state, config) and env.is_main:
+    if _out_of_patience(state, config) and env.is_main and state.best is not None:
         logger.info("stopped early after epoch %d: no better validation score in %d epochs (train.patience); "
                     "the best epoch, %d, is kept", state.epoch, config.train.patience, state.best["epoch"])
     distributed.barrier(env)  # best.pt is written before any rank reads it
@@ -246,7 +247,7 @@ def validate_epoch(state: TrainState, row: dict, task: Task, bundle: DataBundle,
         prefix = "val_" if weights == "live" else "ema_val_"
         row.update({prefix + key: val.get(key) for key in VAL_FIGURES})
         scores[weights] = task.score(val)
-    weights = max(scores, key=scores.get)  # the live weights on a tie
+    weights = max(scores, key=scores.__getitem__)  # the live weights on a tie
     return weights, scores[weights]
 
 
@@ -328,10 +329,11 @@ def finish(config: RunConfig, bundle: DataBundle, task: Task, model, meta: dict,
     val = evaluate(bundle.val) if bundle.val is not None else None
     bad_files = bundle.bad_files()
     if env.enabled:
-        gathered = [None] * env.world_size
+        gathered: list[list[BadFile]] = [[] for _ in range(env.world_size)]
         torch.distributed.all_gather_object(gathered, bad_files)
         bad_files = list(dict.fromkeys(b for rank_files in gathered for b in rank_files))
     history = state.history
+    assert state.best is not None, "a finished run has validated at least one epoch"
     train_seconds = sum(row["epoch_seconds"] for row in history)
     images = sum(row["images_per_second"] * row["epoch_seconds"] for row in history)
     metrics = {

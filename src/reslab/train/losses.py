@@ -22,6 +22,7 @@ class WeightedCrossEntropy(nn.Module):
 
     def __init__(self, weights: torch.Tensor, label_smoothing: float = 0.0):
         super().__init__()
+        self.weights: torch.Tensor
         self.register_buffer("weights", weights.float())
         self.label_smoothing = label_smoothing
 

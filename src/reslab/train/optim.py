@@ -27,7 +27,8 @@ def build_optimizer(params, config: OptimConfig, fused: bool = False) -> torch.o
             zero_momentum_buffers(sgd)
         return sgd
     optimizer = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
-    return optimizer(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
+    beta1, beta2 = config.betas
+    return optimizer(params, lr=config.lr, betas=(beta1, beta2), weight_decay=config.weight_decay,
                      fused=fused or None)
 
 

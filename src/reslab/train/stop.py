@@ -34,6 +34,7 @@ class StopRequest:
 
     def interrupted(self, step: int, epoch: int, run_dir: Path) -> Interrupted:
         """The error that ends the run, ``epoch`` being the 1-based epoch it stopped in."""
+        assert self.signal_number is not None, "interrupted() is asked for after a signal"
         name = signal.Signals(self.signal_number).name
         return Interrupted(f"stopped by {name} at step {step} (epoch {epoch}); its state is saved. "
                            f"Continue with: reslab train --resume {run_dir}", self.signal_number)
