@@ -21,6 +21,14 @@ FLAG_KEYS = {
 }
 
 
+def seed_type(text: str) -> int:
+    """A seed as NumPy's and PyTorch's generators all take it: a whole number in [0, 2**32)."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 10 and int(text) < 2**32):
+        shown = text if len(text) <= 20 else f"{text[:20]}... ({len(text)} characters)"
+        raise argparse.ArgumentTypeError(f"a seed is a whole number in [0, 2**32), got {shown!r}")
+    return int(text)
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a YAML file or a shipped recipe name (`reslab recipes`); default: scratch, "
                         "or finetune where model.pretrained is set (both sized to the data)")
@@ -472,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "minimised)")
     tune.add_argument("--pruner", choices=("median", "hyperband", "none"), help="(default: the file's, or median)")
     tune.add_argument("--epochs", type=int, help="sets train.epochs for every trial (and train.max_iters=null)")
-    tune.add_argument("--seed", type=int, help="the sampler's seed (default: random)")
+    tune.add_argument("--seed", type=seed_type, help="the sampler's seed (default: random)")
     tune.add_argument("--heartbeat", type=int, metavar="SECONDS",
                       help="a running trial's heartbeat; one silent for 3 beats is taken as dead and queued again "
                            "(default 30)")

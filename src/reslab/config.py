@@ -271,7 +271,16 @@ def recipe_names() -> list[str]:
 
 class _PlainLoader(yaml.SafeLoader):
     """YAML without anchors and aliases (a config needs none, and a few hundred bytes of
-    nested aliases expand into gigabytes) and nested at most ``MAX_YAML_DEPTH`` deep."""
+    nested aliases expand into gigabytes), nested at most ``MAX_YAML_DEPTH`` deep, with
+    integers of at most ``MAX_INT_CHARACTERS`` characters (Python refuses to read one of over
+    4,300 digits, and ``0b``/sexagesimal forms have no limit at all)."""
+
+    def construct_yaml_int(self, node):
+        text = self.construct_scalar(node)
+        if len(text) > MAX_INT_CHARACTERS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(text):,} characters (at most {MAX_INT_CHARACTERS})", node.start_mark)
+        return super().construct_yaml_int(node)
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -286,7 +295,10 @@ class _PlainLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+_PlainLoader.add_constructor("tag:yaml.org,2002:int", _PlainLoader.construct_yaml_int)
+
 MAX_YAML_DEPTH = 20
+MAX_INT_CHARACTERS = 100  # a seed is 10 digits; no config number needs more than a few dozen
 
 
 def safe_yaml(text: str):
@@ -309,8 +321,14 @@ def read_yaml_file(path: Path, kind: str = "config"):
 
 def _shown(value: Any, limit: int = 60) -> str:
     """A value for an error line, cut to ``limit`` characters."""
+    if _huge_int(value):  # repr would raise: Python writes out at most 4,300 digits
+        return f"an integer of {value.bit_length():,} bits"
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _huge_int(value: Any) -> bool:
+    return isinstance(value, int) and value.bit_length() > 4 * MAX_INT_CHARACTERS
 
 
 def _read_yaml(source: str | Path) -> dict[str, Any]:
@@ -367,7 +385,9 @@ def _coerce(value: Any, hint, name: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is typing.Literal:
         allowed = typing.get_args(hint)
-        for candidate in (value, str(value)) + ((int(value),) if str(value).isdigit() else ()):
+        text = "" if _huge_int(value) else str(value)
+        whole = text.isascii() and text.isdigit() and len(text) <= MAX_INT_CHARACTERS  # "²".isdigit() too
+        for candidate in (value, text) + ((int(text),) if whole else ()):
             if candidate in allowed and not isinstance(candidate, bool):
                 return candidate
         raise ReslabError(f"config key '{name}' must be one of {', '.join(map(str, allowed))}, got {_shown(value)}")
@@ -513,8 +533,10 @@ def validate(config: RunConfig) -> RunConfig:
             section, key = name.split(".")
             raise ReslabError(f"config key '{name}' {message}, got {_shown(getattr(getattr(config, section), key))}")
     freeze = config.model.freeze
-    if freeze not in ("none", "backbone") and not (freeze.isdigit() and int(freeze) >= 0):
-        raise ReslabError(f"config key 'model.freeze' must be none, backbone or a number of stages, got {freeze!r}")
+    stages = freeze.isascii() and freeze.isdigit() and len(freeze) <= 4  # "²".isdigit() too, int() refuses it
+    if freeze not in ("none", "backbone") and not stages:
+        raise ReslabError(f"config key 'model.freeze' must be none, backbone or a number of stages, "
+                          f"got {_shown(freeze)}")
     if config.schedule.name == "onecycle" and config.schedule.warmup != "none":
         raise ReslabError("schedule.warmup does not apply to schedule.name=onecycle, which warms up by itself "
                           "(its first 30% of steps); set schedule.warmup=none")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import typing
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -108,8 +109,24 @@ def parse_space(entries: dict, base: RunConfig) -> list[Parameter]:
             for probe in probes:
                 _as_config_value(base, key, probe, where, hint=" (whole numbers: use int_uniform)"
                                  if not kind.startswith("int_") else "")
+            if not kind.startswith("int_") and _holds_whole_numbers(base, str(key)):
+                # every value Optuna drew would be a fraction the key refuses: each trial would fail
+                raise ReslabError(f"{where}: {key} holds whole numbers, so {kind} would draw fractions it "
+                                  f"refuses; use int_{kind} [{_bound(low)}, {_bound(high)}]")
         parameters.append(Parameter(str(key), kind, values))
     return parameters
+
+
+def _holds_whole_numbers(base: RunConfig, key: str) -> bool:
+    """Whether config ``key`` (section.key, known to exist) is typed ``int`` (or ``int | None``)."""
+    section, _, name = key.partition(".")
+    hint = typing.get_type_hints(type(getattr(base, section)))[name]
+    return hint is int or (typing.get_origin(hint) is not None and int in typing.get_args(hint)
+                           and float not in typing.get_args(hint))
+
+
+def _bound(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:g}"
 
 
 def _as_config_value(base: RunConfig, key: str, value, where: str, hint: str = ""):

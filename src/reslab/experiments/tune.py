@@ -35,6 +35,7 @@ holds), so the search is measured against the recipe on the same budget.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -127,7 +128,7 @@ def tune_settings(items: list[str], recipe: str | None = None, trials: int | Non
     if unknown:
         raise ReslabError(f"unknown space file key {unknown[0]!r}: a space file has {', '.join(SETTING_KEYS)} and "
                           "section.key entries to search")
-    name = str(study_name or settings.get("name") or default_name)
+    name = _study_name(str(study_name or settings.get("name") or default_name))
     file_overrides = settings.get("overrides") or []
     if not isinstance(file_overrides, list):
         raise ReslabError("space file key 'overrides' must be a list of section.key=value")
@@ -146,7 +147,7 @@ def tune_settings(items: list[str], recipe: str | None = None, trials: int | Non
     heartbeat = _positive(heartbeat if heartbeat is not None else settings.get("heartbeat", 30), "heartbeat")
     seed = seed if seed is not None else settings.get("seed")
     if seed is not None:
-        seed = _positive(seed, "seed", least=0)
+        seed = _positive(seed, "seed", least=0, most=MAX_SEED)
     out = Path(out or settings.get("out") or Path("runs") / f"tune-{name}")
     launcher = settings.get("launcher") or {}
     return TuneSettings(
@@ -166,11 +167,26 @@ def need_optuna():
     return optuna
 
 
-def _positive(value, key: str, least: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit() \
-            or int(value) < least:
-        raise ReslabError(f"{key} must be a whole number of at least {least}, got {value!r}")
-    return int(value)
+def _positive(value, key: str, least: int = 1, most: int = 10**9) -> int:
+    text = str(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(most))) or not least <= int(text) <= most:
+        shown = repr(value) if len(text) <= 20 else f"{text[:20]!r}... ({len(text)} characters)"
+        raise ReslabError(f"{key} must be a whole number of at least {least} and at most {most}, got {shown}")
+    return int(text)
+
+
+MAX_SEED = 2**32 - 1  # NumPy's generators (Optuna's samplers) take seeds below 2**32
+# Optuna keeps a study's name in a column of 512 characters; a control character (NUL) in it
+# cannot be a folder name (the default --out is runs/tune-<name>).
+MAX_STUDY_NAME = 512
+
+
+def _study_name(name: str) -> str:
+    if not name or len(name) > MAX_STUDY_NAME or not name.isprintable():
+        shown = repr(name) if len(name) <= 40 else f"{name[:40]!r}... ({len(name)} characters)"
+        raise ReslabError(f"the study name must be 1 to {MAX_STUDY_NAME} printable characters (no control "
+                          f"characters such as NUL), got {shown}; give another --study-name")
+    return name
 
 
 def redact(url: str) -> str:
@@ -195,19 +211,36 @@ def open_study(settings: TuneSettings):
     storage = _storage(settings)
     sampler = _sampler(settings, storage)
     pruner = _pruner(settings)
-    try:
-        study = optuna.create_study(storage=storage, study_name=settings.name, direction=settings.direction,
-                                    sampler=sampler, pruner=pruner)
-    except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=settings.name, storage=storage, sampler=sampler, pruner=pruner)
-        _check_same_study(study, settings)
-        return study
-    study.set_user_attr("reslab", settings.identity())
-    study.set_user_attr("direction", settings.direction)
-    baseline = baseline_params(settings) if settings.baseline else {}
-    if baseline:
-        study.enqueue_trial(baseline, user_attrs={"baseline": True})
+    with _storage_errors(settings):
+        try:
+            study = optuna.create_study(storage=storage, study_name=settings.name, direction=settings.direction,
+                                        sampler=sampler, pruner=pruner)
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=settings.name, storage=storage, sampler=sampler, pruner=pruner)
+            _check_same_study(study, settings)
+            return study
+        study.set_user_attr("reslab", settings.identity())
+        study.set_user_attr("direction", settings.direction)
+        baseline = baseline_params(settings) if settings.baseline else {}
+        if baseline:
+            study.enqueue_trial(baseline, user_attrs={"baseline": True})
     return study
+
+
+@contextlib.contextmanager
+def _storage_errors(settings: TuneSettings):
+    """A storage that opened but refuses to be written (a read-only file or folder, a full
+    disk) or read (a damaged file): one error line naming it, with the database's own reason."""
+    import optuna
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        reason = str(getattr(cause, "orig", None) or cause).splitlines()[0][:200]
+        raise ReslabError(f"cannot use the study storage {redact(settings.storage)}: {reason} (a read-only or "
+                          "damaged file? give another --out or --storage)") from None
 
 
 # Attempts to open a storage whose tables another worker is creating at the same moment.
@@ -220,7 +253,7 @@ def _storage(settings: TuneSettings):
 
     url = settings.storage
     if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
+        path = Path(url[len("sqlite:///"):].split("?")[0].removeprefix("file:"))  # also SQLite's file: URIs
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -237,7 +270,7 @@ def _storage(settings: TuneSettings):
                     grace_period=GRACE_HEARTBEATS * settings.heartbeat, heartbeat_stale_trial_callback=retry_trial)
             except (ImportError, ModuleNotFoundError) as exc:
                 raise ReslabError(f"storage {redact(url)}: its database driver is not installed ({exc})") from None
-            except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
+            except (sqlalchemy.exc.SQLAlchemyError, ValueError, RuntimeError) as exc:  # Runtime: old schema
                 if attempt < TABLE_RACE_RETRIES and _lost_table_race(exc):
                     time.sleep(0.2 * (attempt + 1))  # another worker is creating the tables: join them once made
                     continue
@@ -263,6 +296,7 @@ def _sampler(settings: TuneSettings, storage):
             seed += sum(s.n_trials for s in summaries if s.study_name == settings.name)
         except Exception:  # noqa: BLE001
             pass
+        seed %= MAX_SEED + 1  # the restart's offset must not carry it past what NumPy takes
     startup = max(2, min(10, settings.trials // 3))  # random trials before TPE models the results
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant_liar is "experimental"
@@ -647,7 +681,8 @@ def load_study(settings: TuneSettings):
 
     quiet_optuna()
     try:
-        return optuna.load_study(study_name=settings.name, storage=_storage(settings))
+        with _storage_errors(settings):
+            return optuna.load_study(study_name=settings.name, storage=_storage(settings))
     except KeyError:
         raise ReslabError(f"no study {settings.name!r} in {redact(settings.storage)}") from None
 

@@ -16,8 +16,11 @@ import logging
 import email.policy
 import io
 import json
+import math
+import re
 import socket
 import threading
+import time
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +39,12 @@ from .predict import class_index, decode_image, is_multi_label, load_model, norm
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 10.0
+MAX_UPLOAD_MB = 1024.0  # an image upload of more than 1 GiB is a mistake, and the body is held in memory
+# Each request's line, headers and body must arrive within this many seconds, however slowly
+# the client sends them (a per-read timeout alone lets 1 byte a second hold a thread for ever).
+REQUEST_DEADLINE_SECONDS = 30.0
+# A body's size: ASCII digits, few enough for int() (which refuses over 4,300, and "²") and any upload.
+CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # After refusing an upload, read and drop at most this much more of it, for at most this long.
 DRAIN_EXTRA_BYTES = 1024 * 1024
@@ -111,11 +120,43 @@ def image_from_multipart(content_type: str, body: bytes) -> bytes:
     raise ReslabError("the form holds no file; send the image as a file field")
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The connection's input, read with no more time than the request has left: each read
+    waits at most until ``handler.deadline`` and then raises TimeoutError."""
+
+    def __init__(self, handler: Handler):
+        self.handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        left = self.handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request's deadline passed")
+        connection = self.handler.connection
+        connection.settimeout(min(left, self.handler.timeout))
+        try:
+            return connection.recv_into(buffer)
+        finally:
+            connection.settimeout(self.handler.timeout)  # writing the answer keeps the usual timeout
+
+
 class Handler(BaseHTTPRequestHandler):
     server_version = "reslab"
     timeout = 30  # seconds a client may stall mid-request before its connection is dropped
     service: ModelService  # set on the subclass made per server
     quiet = False
+    deadline = 0.0  # time.monotonic() by which the request in hand must have arrived
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the socket's own file: left open, it would keep the socket from closing
+        self.rfile = io.BufferedReader(_DeadlineReader(self))
+
+    def handle_one_request(self) -> None:
+        self.deadline = time.monotonic() + REQUEST_DEADLINE_SECONDS  # request line, headers and body
+        super().handle_one_request()
 
     # ------------------------------------------------------------ responses
 
@@ -147,8 +188,8 @@ class Handler(BaseHTTPRequestHandler):
     def _discard(self, unread: int | None) -> None:
         cap = 4 * self.service.max_upload_bytes + DRAIN_EXTRA_BYTES
         left = cap if unread is None else min(unread, cap)
+        self.deadline = time.monotonic() + DRAIN_SECONDS
         try:
-            self.connection.settimeout(DRAIN_SECONDS)
             while left > 0:
                 chunk = self.rfile.read1(min(65536, left))
                 if not chunk:
@@ -206,8 +247,11 @@ class Handler(BaseHTTPRequestHandler):
         if length is None:
             self._error(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required", None)
             return None
-        if not length.isdigit():
-            self._error(HTTPStatus.BAD_REQUEST, f"invalid Content-Length {length[:40]!r}", None)
+        length = length.strip()
+        if not CONTENT_LENGTH.fullmatch(length):
+            shown = repr(length) if len(length) <= 40 else f"{length[:40]!r}... ({len(length)} characters)"
+            self._error(HTTPStatus.BAD_REQUEST, f"invalid Content-Length {shown}: give the body's size in bytes, "
+                        f"at most 18 digits", None)
             return None
         if int(length) > limit:
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -215,8 +259,9 @@ class Handler(BaseHTTPRequestHandler):
             return None
         try:
             body = self.rfile.read(int(length))
-        except (TimeoutError, socket.timeout):
-            self._error(HTTPStatus.REQUEST_TIMEOUT, "the upload stalled")
+        except TimeoutError:
+            self._error(HTTPStatus.REQUEST_TIMEOUT, f"the upload did not arrive within "
+                        f"{REQUEST_DEADLINE_SECONDS:g} s (or stalled)")
             return None
         if len(body) < int(length):
             self._error(HTTPStatus.BAD_REQUEST, "the upload ended before Content-Length bytes")
@@ -232,18 +277,24 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
 
-def make_server(model: nn.Module, meta: dict, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5,
-                threshold: float = 0.5, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-                quiet: bool = False) -> ThreadingHTTPServer:
-    """A bound (not yet serving) server; ``port=0`` takes a free port (``server.server_address``)."""
+def check_settings(port: int, top_k: int, threshold: float, max_upload_mb: float) -> None:
+    """The server's flags, refused in one line each (before the model loads)."""
     if top_k < 1:
         raise ReslabError(f"--top-k must be at least 1, got {top_k}")
     if not 0.0 <= threshold <= 1.0:
         raise ReslabError(f"--threshold must be between 0 and 1, got {threshold}")
-    if not max_upload_mb > 0:
-        raise ReslabError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    if not (math.isfinite(max_upload_mb) and 0 < max_upload_mb <= MAX_UPLOAD_MB):
+        raise ReslabError(f"--max-upload-mb must be a number of megabytes above 0 and at most {MAX_UPLOAD_MB:g}, "
+                          f"got {max_upload_mb}")
     if not 0 <= port <= 65535:
         raise ReslabError(f"--port must be 0..65535, got {port}")
+
+
+def make_server(model: nn.Module, meta: dict, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5,
+                threshold: float = 0.5, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+                quiet: bool = False) -> ThreadingHTTPServer:
+    """A bound (not yet serving) server; ``port=0`` takes a free port (``server.server_address``)."""
+    check_settings(port, top_k, threshold, max_upload_mb)
     service = ModelService(model, meta, top_k, threshold, int(max_upload_mb * 1024 * 1024))
     handler = type("ReslabHandler", (Handler,), {"service": service, "quiet": quiet})
     server_class = _Server
@@ -257,6 +308,7 @@ def make_server(model: nn.Module, meta: dict, host: str = "127.0.0.1", port: int
 
 def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5, threshold: float = 0.5,
           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, device: str = "auto") -> int:
+    check_settings(port, top_k, threshold, max_upload_mb)
     model, meta = load_model(Path(checkpoint), device)
     server = make_server(model, meta, host, port, top_k, threshold, max_upload_mb)
     bound_host, bound_port = server.server_address[:2]

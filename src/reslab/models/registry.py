@@ -121,6 +121,12 @@ def _resolve(name: str) -> tuple[Callable[..., nn.Module], int]:
     return functools.partial(pattern.builder, match), pattern.max_side
 
 
+def max_input_side(name: str) -> int:
+    """The largest image side the family of ``name`` takes (a ReslabError for a name that
+    builds nothing)."""
+    return _resolve(name)[1]
+
+
 def check_input_size(name: str, image_size) -> None:
     """Refuse, before anything is built, a name that builds nothing (or too much) and an input
     larger than its family takes."""

@@ -9,13 +9,18 @@ observer may stop a run by raising from ``epoch`` (a pruned trial).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
 from ..config import RunConfig
+from ..errors import ReslabError
 from ..extras import missing_extra
 
 logger = logging.getLogger(__name__)
@@ -154,11 +159,23 @@ class MlflowLogger(Observer):
 
     def __init__(self, project: str, tracking_uri: str | None):
         self.project, self.tracking_uri, self.mlflow = project, tracking_uri, None
+        if tracking_uri is not None:
+            probe_tracking_server(tracking_uri)  # before the data loads, not a minute into the run
 
     def start(self, run_dir: Path, config: RunConfig, step: int) -> None:
         mlflow = self.mlflow = _need("mlflow", "mlflow")
         store = run_dir.parent.resolve()
-        mlflow.set_tracking_uri(self.tracking_uri or f"sqlite:///{store / 'mlflow.db'}")
+        uri = self.tracking_uri or f"sqlite:///{store / 'mlflow.db'}"
+        try:
+            with _bounded_http():
+                self._start(mlflow, uri, store, run_dir, config)
+        except (mlflow.exceptions.MlflowException, OSError, *_database_errors()) as exc:
+            raise ReslabError(f"output.tracking_uri {_shown_uri(uri)}: MLflow cannot use this store: "
+                              f"{_first_sentence(exc)}; give a writable database store (sqlite:///PATH/mlflow.db) "
+                              "or a running server (http://HOST:PORT)") from None
+
+    def _start(self, mlflow, uri: str, store: Path, run_dir: Path, config: RunConfig) -> None:
+        mlflow.set_tracking_uri(uri)
         if self.tracking_uri is None and mlflow.get_experiment_by_name(self.project) is None:
             try:  # artifacts beside the store, not in the working directory (MLflow's default)
                 mlflow.create_experiment(self.project, artifact_location=(store / "mlruns").as_uri())
@@ -188,6 +205,70 @@ class MlflowLogger(Observer):
     def close(self) -> None:
         if self.mlflow is not None and self.mlflow.active_run() is not None:
             self.mlflow.end_run()
+
+
+# A tracking server must answer a connection within this many seconds, before the run starts
+# (nothing listening is refused at once; a black-holed address waits this long).
+TRACKING_PROBE_SECONDS = 5.0
+# MLflow's HTTP requests while the run starts (where the user has not set them): its defaults
+# retry 7 times with back-off and wait 120 s each, minutes before a dead server is reported.
+STARTING_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def probe_tracking_server(uri: str) -> None:
+    """One error line unless an http(s) tracking server accepts a connection; other stores
+    (files, databases) are checked when the run starts."""
+    try:
+        parts = urlsplit(uri)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a port that is not a number
+        raise ReslabError(f"output.tracking_uri {_shown_uri(uri)} is not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        return
+    if not host:
+        raise ReslabError(f"output.tracking_uri {_shown_uri(uri)} names no host; give http://HOST:PORT")
+    try:
+        with socket.create_connection((host, port), timeout=TRACKING_PROBE_SECONDS):
+            pass
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc) or type(exc).__name__)
+        raise ReslabError(f"the MLflow tracking server at {host}:{port} is unreachable ({reason.lower()}); start it, "
+                          "or fix output.tracking_uri") from None
+
+
+@contextlib.contextmanager
+def _bounded_http():
+    saved = {key: os.environ.get(key) for key in STARTING_HTTP_SETTINGS}
+    for key, value in STARTING_HTTP_SETTINGS.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _database_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import sqlalchemy.exc
+    except ImportError:  # mlflow-skinny without a database store
+        return ()
+    return (sqlalchemy.exc.SQLAlchemyError,)
+
+
+def _first_sentence(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = text.split(". ")[0].rstrip(".")
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _shown_uri(uri: str) -> str:
+    """The URI for an error line, without a password and cut to 100 characters."""
+    shown = re.sub(r"//[^/@]*@", "//***@", uri)
+    return repr(shown if len(shown) <= 100 else shown[:97] + "...")
 
 
 def build_logger(config: RunConfig) -> Observer | None:

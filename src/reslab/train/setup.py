@@ -18,6 +18,7 @@ from ..config import RunConfig
 from ..data import DataBundle, build_data
 from ..errors import ReslabError
 from ..models import create_model
+from ..models.registry import max_input_side
 from ..models.transfer import parameter_groups
 from .optim import build_optimizer, build_scheduler
 
@@ -72,7 +73,19 @@ def pretrained_normalization(config: RunConfig) -> tuple[str, tuple[list[float],
     return "imagenet", None
 
 
+def check_image_size(config: RunConfig) -> None:
+    """Refuse ``data.image_size`` over the largest side the model's family takes, before any
+    image is resized to it (ResNet-8 at 4096 pixels needs a 64 GB first convolution)."""
+    size = config.data.image_size
+    if size is not None:
+        largest = max_input_side(config.model.name)
+        if size > largest:
+            raise ReslabError(f"config key 'data.image_size' is {size}, over the {largest} pixels a side that "
+                              f"{config.model.name} takes; give data.image_size={largest} or less")
+
+
 def build_run_data(config: RunConfig, device: torch.device, env: distributed.DistEnv) -> DataBundle:
+    check_image_size(config)
     kind, mean_std = pretrained_normalization(config)
     data_config = copy.copy(config.data)
     data_config.normalization = kind
