@@ -65,3 +65,51 @@ def test_onecycle_peaks_at_the_configured_rate():
 def test_optimizers(name, kind):
     optimizer = build_optimizer(torch.nn.Linear(2, 2).parameters(), OptimConfig(name=name, nesterov=True))
     assert isinstance(optimizer, kind)
+
+
+# ---------------------------------------------------------------- a schedule on the clock
+
+
+@pytest.mark.parametrize("name", ["cosine", "onecycle"])
+def test_the_schedule_under_a_time_limit_is_the_schedule_at_the_share_of_time_spent(name):
+    from reslab.train.loop import _follow_clock
+
+    def schedule():
+        model = torch.nn.Linear(2, 2)
+        optimizer = build_optimizer(model.parameters(), OptimConfig(lr=0.1))
+        return optimizer, build_scheduler(optimizer, ScheduleConfig(name=name, warmup="none"), 10, 1000)
+
+    stepped, stepped_scheduler = schedule()
+    for _ in range(400):  # the step count's schedule, 400 of 1000 steps in
+        stepped.step()
+        stepped_scheduler.step()
+    clocked, clocked_scheduler = schedule()
+    _follow_clock(clocked_scheduler, 1000, 0.4)  # 40% of the time spent
+    assert clocked.param_groups[0]["lr"] == pytest.approx(stepped.param_groups[0]["lr"])
+    _follow_clock(clocked_scheduler, 1000, 1.7)  # past the end: the last step's rate, no error
+    assert clocked.param_groups[0]["lr"] < 0.01 * 0.1
+
+
+def test_a_time_limited_run_ends_when_its_time_is_spent_with_the_schedule_annealed(tmp_path):
+    from conftest import quick_config
+
+    from reslab.train.loop import train
+
+    result = train(quick_config(tmp_path, "train.epochs=1000", "train.time_limit=4", "data.val_size=0.1",
+                                "schedule.name=cosine", "output.plots=false"), progress=False)
+    history = result.history
+    seconds = sum(row["epoch_seconds"] for row in history)
+    step_seconds = max(row["epoch_seconds"] / max(1, row["step"] - previous["step"])
+                       for previous, row in zip([{"step": 0}, *history], history))
+    assert 4 - 3 * step_seconds <= seconds <= 4.25  # the last step that ends within the limit, give or take jitter
+    assert len(history) < 1000
+    assert history[-1]["lr"] < 0.05 * 0.1  # the cosine ran to its end on the clock, not on 1000 epochs
+
+
+def test_a_time_limit_is_validated():
+    from reslab import ReslabError
+    from reslab.config import load
+
+    for bad in ("0", "-1", "inf", "nan"):
+        with pytest.raises(ReslabError, match="train.time_limit"):
+            load("demo-digits", [f"train.time_limit={bad}"])

@@ -119,6 +119,10 @@ class TrainConfig:
     epochs: int | None = None  # stop after this many epochs ...
     max_iters: int | None = 64000  # ... or iterations (the paper: 64k); the first reached. Both empty: the
     #                                length (and a batch too large) sized to the training split (train/setup.py)
+    # Seconds of training (evaluation excluded). The schedule runs on this clock instead of
+    # the step count, so that it ends, annealed, when the time is spent, whatever the speed;
+    # train.epochs / max_iters stay upper bounds. Not bit-for-bit repeatable: speed varies.
+    time_limit: float | None = None
     batch_size: int = 128
     eval_batch_size: int = 512
     label_smoothing: float = 0.0
@@ -487,6 +491,8 @@ def validate(config: RunConfig) -> RunConfig:
         ("train.eval_batch_size", config.train.eval_batch_size >= 1, "must be at least 1"),
         ("train.epochs", config.train.epochs is None or config.train.epochs >= 1, "must be at least 1"),
         ("train.max_iters", config.train.max_iters is None or config.train.max_iters >= 1, "must be at least 1"),
+        ("train.time_limit", config.train.time_limit is None or 0 < config.train.time_limit < float("inf"),
+         "must be a positive number of seconds"),
         ("train.patience", config.train.patience is None or config.train.patience >= 1, "must be at least 1"),
         ("train.label_smoothing", 0 <= config.train.label_smoothing < 1, "must be in [0, 1)"),
         ("train.ema", config.train.ema is None or 0 < config.train.ema < 1, "must be in (0, 1)"),

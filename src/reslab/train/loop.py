@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def train(config: RunConfig, resume: Path | None = None, progress: bool = True,
     watchers = [o for o in (build_logger(config), *observers) if o is not None] if env.is_main else []
     try:
         distributed.check_batch(config.train.batch_size, env, config.train.accumulate)
+        if config.train.time_limit is not None and env.enabled:
+            raise ReslabError("train.time_limit follows one process's clock, and this run has "
+                              f"{env.world_size}; leave it empty and set train.epochs under torchrun")
         configure(device, config.train.deterministic, config.train.threads)
         seed_everything(config.train.seed)
         bundle = build_run_data(config, device, env)
@@ -93,10 +97,13 @@ def train(config: RunConfig, resume: Path | None = None, progress: bool = True,
         run_dir = resume or _new_run(config, bundle, device, env)
         if env.is_main:
             epochs = epochs_of(planned_steps(config, len(bundle.train)), len(bundle.train))
-            logger.info("%s %s: %s on %s, %s, %d epoch%s of %d steps (batch %d); device %s, precision %s",
+            limit = config.train.time_limit
+            logger.info("%s %s: %s on %s, %s, %s%d epoch%s of %d steps (batch %d)%s; device %s, precision %s",
                         "continuing" if resume else "training", run_dir, config.model.name, config.data.name,
-                        _sizes(bundle), epochs, "s" if epochs != 1 else "", len(bundle.train),
-                        config.train.batch_size, device, config.train.precision)
+                        _sizes(bundle), "at most " if limit else "", epochs, "s" if epochs != 1 else "",
+                        len(bundle.train), config.train.batch_size,
+                        f" or {limit:g} s of training (train.time_limit)" if limit else "", device,
+                        config.train.precision)
         if resume is not None and env.is_main:
             (run_dir / "checkpoints").mkdir(exist_ok=True)  # a run stopped before its first checkpoint
         with StopRequest() as stop:
@@ -150,7 +157,8 @@ def fit(config: RunConfig, bundle: DataBundle, model, meta: dict, device, env, r
     bar = tqdm(total=total_steps, initial=state.step, unit="it", desc=config.model.name, dynamic_ncols=True,
                disable=not (progress and env.is_main and sys.stderr.isatty()), file=sys.stderr)
     freeze_mode = None
-    while state.epoch < epochs and state.step < total_steps and not _out_of_patience(state, config):
+    while (state.epoch < epochs and state.step < total_steps and not _out_of_patience(state, config)
+           and not _time_spent(state, config)):
         # Transfer learning: frozen layers first, everything from model.unfreeze_epoch on.
         unfrozen = config.model.unfreeze_epoch is not None and state.epoch + 1 >= config.model.unfreeze_epoch
         if (config.model.freeze if not unfrozen else "none") != freeze_mode:
@@ -159,6 +167,8 @@ def fit(config: RunConfig, bundle: DataBundle, model, meta: dict, device, env, r
             forward = _wrap(model, config, device, env)  # DDP is built for the parameters that train now
         train_one_epoch(state, forward, criterion, task, bundle.train, config, device, env, total_steps, stop,
                         run_dir, meta, bar, watchers)
+        if state.tally.seen == 0:  # the time limit left no room for a step of this epoch
+            break
         row = {"epoch": state.epoch + 1, "step": state.step, "lr": optimizer.param_groups[0]["lr"],
                **_train_figures(state.tally, env), "epoch_seconds": state.tally.seconds,
                "images_per_second": state.tally.seen * env.world_size / state.tally.seconds}
@@ -194,12 +204,24 @@ def train_one_epoch(state: TrainState, forward, criterion, task: Task, loader, c
         state.tally = EpochTally.zero(device)
     started = time.perf_counter() - state.tally.seconds
     check_every = 1 if device.type == "cpu" else 25  # each check is a host sync on a GPU
+    limit, before = config.train.time_limit, _seconds_of_epochs(state)
+    step_began: float | None = None
+    last_step = _mean_step_seconds(state.history)  # until this epoch has timed a step of its own
     for images, targets in loader.iterate(state.batch):
         if state.step >= total_steps:
             break
+        if limit is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the clock counts work done, not work queued
+            now = time.perf_counter()
+            last_step, step_began = (now - step_began if step_began is not None else last_step), now
+            spent = before + now - started
+            if spent + last_step > limit:  # the next step would end past the limit
+                break
+            _follow_clock(state.scheduler, total_steps, spent / limit)
         loss, logits = train_step(forward, images, targets, criterion, state.optimizer, state.scaler, device,
-                                  config.train.precision, state.scheduler, config.train.accumulate,
-                                  config.optim.clip_grad_norm)
+                                  config.train.precision, state.scheduler if limit is None else None,
+                                  config.train.accumulate, config.optim.clip_grad_norm)
         if state.ema is not None:
             state.ema.update(state.model)
         state.step += 1
@@ -255,6 +277,35 @@ def _out_of_patience(state: TrainState, config: RunConfig) -> bool:
     """Early stopping: ``train.patience`` epochs without a better validation score."""
     patience = config.train.patience
     return patience is not None and state.best is not None and state.epoch - state.best["epoch"] >= patience
+
+
+def _seconds_of_epochs(state: TrainState) -> float:
+    """Training seconds of the finished epochs (evaluation excluded)."""
+    return sum(row["epoch_seconds"] for row in state.history)
+
+
+def _mean_step_seconds(history: list[dict]) -> float:
+    """Seconds per step of the last finished epoch (0 before the first)."""
+    if not history:
+        return 0.0
+    steps = history[-1]["step"] - (history[-2]["step"] if len(history) > 1 else 0)
+    return history[-1]["epoch_seconds"] / max(1, steps)
+
+
+def _time_spent(state: TrainState, config: RunConfig) -> bool:
+    """``train.time_limit`` reached by the finished epochs: a step more would end past it."""
+    limit = config.train.time_limit
+    return limit is not None and _seconds_of_epochs(state) + _mean_step_seconds(state.history) > limit
+
+
+def _follow_clock(scheduler, total_steps: int, fraction: float) -> None:
+    """Set the rate for the next step as the schedule has it at ``fraction`` of the run:
+    under train.time_limit the schedule's step is the share of the time spent, so a slow or
+    fast machine ends the schedule where the time ends, not where an estimate said."""
+    scheduler.last_epoch = min(total_steps - 1, int(fraction * total_steps)) - 1
+    with warnings.catch_warnings():  # "step() before optimizer.step()": this step is by design
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        scheduler.step()
 
 
 def _candidates(state: TrainState) -> dict:

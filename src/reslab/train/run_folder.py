@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -33,7 +34,8 @@ from .. import __version__
 from ..checkpoint import epoch_checkpoints, load_checkpoint, prune, save_checkpoint
 from ..config import RunConfig, apply_overrides, from_dict, safe_yaml
 from ..errors import ReslabError
-from ..runfs import atomic_write_json, atomic_write_text, new_run_dir, read_capped, remove_stale_temporaries
+from ..runfs import (MAX_JSON_BYTES, atomic_write_json, atomic_write_text, new_run_dir, read_capped,
+                     remove_stale_temporaries)
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ HISTORY_FIELDS = ["epoch", "step", "lr", "train_loss", "train_accuracy", *(f"val
 RUN_LOCATION = {"train.device", "train.threads", "train.eval_batch_size", "output.plots", "output.keep_last",
                 "output.dir", "output.name", "data.root", "data.download", "data.workers", "output.logger",
                 "output.log_every", "output.project", "output.tracking_uri"}
-RUN_LENGTH = {"train.epochs", "train.max_iters"}
+RUN_LENGTH = {"train.epochs", "train.max_iters", "train.time_limit"}
 RESUMABLE_CHANGES = RUN_LOCATION | RUN_LENGTH
 # Schedules planned over the whole run: a resumed run following one keeps its length.
 LENGTH_SCHEDULES = ("onecycle", "cosine")
@@ -172,17 +174,28 @@ def latest_checkpoint(run_dir: Path) -> dict | None:
     return None
 
 
+# A run's config.yaml is a few KB; a larger one is the wrong file, refused before it is read.
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def read_run_yaml(run_dir: Path) -> dict:
+    """A run's saved config.yaml: a mapping of sections (model:, data:, ...), each a mapping."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ReslabError(f"{run_dir} is not a reslab run folder (no config.yaml)")
+    raw = read_capped(path, "run config file", MAX_CONFIG_BYTES)
     try:
-        data = safe_yaml(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
-        raise ReslabError(f"{path} is not readable YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ReslabError(f"{path} is not a reslab run config")
+        data = safe_yaml(raw.decode())
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: a bad date
+        raise ReslabError(f"run config file {path} is not valid YAML: {_first_line(exc)}") from None
+    if not isinstance(data, dict) or not all(isinstance(section, dict) for section in data.values()):
+        raise ReslabError(f"run config file {path} is damaged: a mapping of sections was expected")
     return data
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
@@ -263,13 +276,34 @@ def load_result(run_dir: Path) -> RunResult:
     history_path = Path(run_dir) / "history.csv"
     if history_path.is_file():
         try:
+            if history_path.stat().st_size > MAX_HISTORY_BYTES:
+                raise ValueError(f"{history_path.stat().st_size:,} bytes, more than any run's history")
             with history_path.open() as handle:
-                history = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+                rows = list(csv.DictReader(handle))
+            if any(None in row for row in rows):  # csv keeps the cells past the header's under None
+                raise ValueError("a row has more cells than the header")
+            history = [{k: _number(v) for k, v in row.items()} for row in rows]
         except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
             raise ReslabError(f"{history_path} is not a reslab history file ({str(exc)[:120]})") from None
-        if history and "epoch" not in history[0]:
-            raise ReslabError(f"{history_path} is not a reslab history file (no epoch column)")
+        problem = _history_problem(history)
+        if problem:
+            raise ReslabError(f"{history_path} is not a reslab history file ({problem})")
     return RunResult(Path(run_dir), metrics, history)
+
+
+MAX_HISTORY_BYTES = MAX_JSON_BYTES  # a row per epoch: a few hundred KB for the longest runs
+# What every row of a history has (the training figures are the running epoch's, always there).
+HISTORY_REQUIRED = ("epoch", "train_loss", "train_accuracy")
+
+
+def _history_problem(history: list[dict]) -> str | None:
+    for row in history:
+        missing = [key for key in HISTORY_REQUIRED if row.get(key) is None]
+        if missing:
+            return f"epoch {row.get('epoch')}: no {missing[0]}"
+        if not (math.isfinite(row["epoch"]) and math.isfinite(row["train_accuracy"])):
+            return f"epoch {row['epoch']}: not a finite epoch and training accuracy"
+    return None
 
 
 def _number(text) -> float | None:
