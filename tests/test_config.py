@@ -128,3 +128,54 @@ def test_parse_fields_types_a_document_section_as_config_keys_are_typed():
         with pytest.raises(ReslabError) as caught:
             parse_fields(Outer, data, "doc")
         assert str(caught.value).startswith(message), str(caught.value)
+
+
+# ---------------------------------------------------------------- reslab config and the key reference
+
+
+def test_every_config_key_has_help_read_from_its_comment():
+    import dataclasses
+
+    from reslab.config_help import field_help
+
+    for section in dataclasses.fields(RunConfig):
+        cls = type(getattr(RunConfig(), section.name))
+        helps = field_help(cls)
+        assert [f.name for f in dataclasses.fields(cls) if not helps.get(f.name)] == [], section.name
+    assert "sized to the training split" in field_help(type(RunConfig().train))["max_iters"]  # a continued comment
+
+
+@pytest.mark.parametrize("recipe", recipe_names())
+def test_reslab_config_prints_yaml_that_loads_back_to_the_same_config(recipe, tmp_path, capsys):
+    from reslab.cli import main
+
+    assert main(["config", recipe, "train.seed=7"]) == 0
+    printed = capsys.readouterr().out
+    assert "  # " in printed  # each key's help
+    (tmp_path / "resolved.yaml").write_text(printed)
+    assert load(tmp_path / "resolved.yaml") == load(recipe, ["train.seed=7"])
+
+
+def test_reslab_config_without_a_recipe_shows_what_a_bare_run_uses(capsys):
+    from reslab.cli import main
+
+    assert main(["config", "train.epochs=3"]) == 0
+    assert capsys.readouterr().out.startswith("# reslab config scratch train.epochs=3")
+
+
+def test_the_key_reference_in_docs_is_generated_from_the_config(capsys):
+    from pathlib import Path
+
+    from reslab.config_help import key_reference
+
+    reference = (Path(__file__).resolve().parents[1] / "docs" / "config-keys.md").read_text()
+    assert reference == key_reference(), "regenerate it: reslab config --reference > docs/config-keys.md"
+    assert "| `train.time_limit` |" in reference
+
+
+def test_reslab_recipes_lists_studies_and_spaces_too(capsys):
+    from reslab.cli import main
+
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "  demo-digits" in out and "  digits-depth" in out and "spaces (reslab tune NAME):\n  digits" in out

@@ -194,9 +194,29 @@ def cmd_models(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from .config import recipe_names
+    from .config import shipped_names
 
-    print("\n".join(recipe_names()))
+    for kind, use in (("recipe", "reslab train --config NAME"), ("study", "reslab compare NAME"),
+                      ("space", "reslab tune NAME")):
+        print(f"{kind.replace('study', 'studie')}s ({use}):")
+        print("\n".join(f"  {name}" for name in shipped_names(kind)))
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .config import default_recipe, load
+    from .config_help import annotated_yaml, key_reference
+
+    if args.reference:
+        print(key_reference(), end="")
+        return 0
+    overrides = list(args.overrides)
+    if args.recipe is not None and OVERRIDE.match(args.recipe):  # no recipe named: the first word is an override
+        args.recipe, overrides = None, [args.recipe, *overrides]
+    recipe = args.recipe or default_recipe(overrides)
+    config = load(recipe, overrides)
+    shown = " ".join([recipe, *overrides])
+    print(annotated_yaml(config, f"reslab config {shown}: every key, resolved (save it and use --config FILE)"), end="")
     return 0
 
 
@@ -435,8 +455,18 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("pattern", nargs="?", help="only names containing this")
     models.set_defaults(func=cmd_models)
 
-    recipes = commands.add_parser("recipes", help="list the shipped recipes (for --config)")
+    recipes = commands.add_parser("recipes", help="list the shipped recipes (--config), studies (compare) and "
+                                                  "search spaces (tune)")
     recipes.set_defaults(func=cmd_recipes)
+
+    config = commands.add_parser("config", help="print a recipe's config, resolved, with each key's help",
+                                 description="reslab config [RECIPE] [section.key=value ...]: the YAML that "
+                                             "reslab train --config RECIPE would use, each key with its help.")
+    config.add_argument("recipe", nargs="?", help="a recipe name or YAML file (default: what a bare train uses)")
+    config.add_argument("--reference", action="store_true",
+                        help="every key with its type, default and help, as Markdown (docs/config-keys.md)")
+    config.add_argument("overrides", nargs="*", help="section.key=value")
+    config.set_defaults(func=cmd_config, overrides_into="overrides")
 
     compare = commands.add_parser(
         "compare", help="run a study (models x datasets x seeds), resumable, then report it",

@@ -32,7 +32,7 @@ DatasetName = Literal[IN_MEMORY_DATASETS + FILE_DATASETS]
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet20"
+    name: str = "resnet20"  # a registered model (reslab models): resnet20 ... 1202, plain20, resnet50, wrn28_10
     shortcut: Literal["A", "B"] = "A"  # CIFAR nets: "A" zero-padded identity (paper's CIFAR choice), "B" projection
     stride_in: Literal["3x3", "1x1"] = "3x3"  # ImageNet bottlenecks: "3x3" (v1.5, torchvision's) or "1x1" (the paper's)
     pretrained: str | None = None  # a weights/Keras file, a hub folder, hf-hub:org/name, or a torchvision name
@@ -43,7 +43,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: DatasetName = "digits"
+    name: DatasetName = "digits"  # digits (embedded), cifar10/100, mnist, fashion-mnist, kmnist, folder, imagenet,
+    #                               coco
     root: str = "data"  # where the dataset files are, or go when downloaded
     download: bool = True  # fetch a missing dataset (needs the network)
     val_size: float = 0.1  # held out of the training set: a fraction, or a count if >= 1
@@ -51,15 +52,15 @@ class DataConfig:
     train_size: float | None = None  # train on a stratified subset of this many images (a fraction if < 1); None: all
     split_seed: int = 0  # the train/val/test split; fixed across training seeds so runs compare
     # auto: the pretrained weights' own (imagenet for torchvision; Keras files: inception [-1, 1] for V2,
-    # caffe (ImageNet means on 0-255, no scaling) for V1), else dataset
-    normalization: Literal["auto", "dataset", "imagenet", "inception", "caffe", "none"] = "auto"  # dataset: train split's
+    # caffe (ImageNet means on 0-255, no scaling) for V1), else dataset (the training split's mean and std)
+    normalization: Literal["auto", "dataset", "imagenet", "inception", "caffe", "none"] = "auto"
     image_size: int | None = None  # the model's square input: in-memory data is resized to it (e.g. 224 for
     #                                ImageNet backbones); file data is cropped to it (None: 224, COCO 448)
     channels: int | None = None  # 3 repeats grayscale images into RGB (for RGB-pretrained backbones)
     # File datasets (folder, imagenet, coco):
     resize_size: int | None = None  # evaluation: resize the shorter side to this, then centre crop (None: size/0.875)
     center_crop: bool | None = None  # evaluation: centre crop, or squash the whole image (None: dataset's; COCO squashes)
-    coco_year: Literal[2014, 2017] = 2017
+    coco_year: Literal[2014, 2017] = 2017  # COCO: which release's annotation files
     keep_unannotated: bool = False  # COCO: keep images with no annotation (all-negative targets)
     strict: bool = False  # decode every file before training and refuse the dataset at the first bad one
     workers: int | None = None  # loader processes per loader; None: from the CPUs available
@@ -86,12 +87,12 @@ class AugmentConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    name: Literal["sgd", "adam", "adamw"] = "sgd"  # the paper: SGD with momentum
+    lr: float = 0.1  # the base rate, for the global batch (see lr_reference_batch)
+    momentum: float = 0.9  # SGD
+    nesterov: bool = False  # SGD: Nesterov momentum
+    weight_decay: float = 1e-4  # L2 penalty (decoupled for adamw)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam/AdamW
     backbone_lr: float | None = None  # transfer learning: a separate rate for the pretrained part
     # Weight decay on batch-norm weights and all biases too, as the ResNet paper and torchvision's
     # reference scripts do; false exempts them, as many later recipes (and timm) do.
@@ -104,12 +105,12 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["multistep", "cosine", "onecycle", "constant"] = "multistep"
-    milestones: list[int] = field(default_factory=lambda: [32000, 48000])
+    name: Literal["multistep", "cosine", "onecycle", "constant"] = "multistep"  # stepped every iteration
+    milestones: list[int] = field(default_factory=lambda: [32000, 48000])  # multistep: where the rate drops
     unit: Literal["iter", "epoch"] = "iter"  # milestones counted in iterations (the paper) or epochs
-    gamma: float = 0.1
+    gamma: float = 0.1  # multistep: the factor at each milestone
     warmup: Literal["none", "constant", "linear"] = "none"  # constant: the paper's ResNet-110 (lr 0.01 first)
-    warmup_iters: int = 0
+    warmup_iters: int = 0  # iterations of warm-up (the paper's ResNet-110: 400)
     warmup_lr: float = 0.01  # the constant warm-up's rate; the linear one starts here
     min_lr: float = 0.0  # cosine floor
 
@@ -123,13 +124,13 @@ class TrainConfig:
     # the step count, so that it ends, annealed, when the time is spent, whatever the speed;
     # train.epochs / max_iters stay upper bounds. Not bit-for-bit repeatable: speed varies.
     time_limit: float | None = None
-    batch_size: int = 128
-    eval_batch_size: int = 512
-    label_smoothing: float = 0.0
+    batch_size: int = 128  # the global batch: split among torchrun processes
+    eval_batch_size: int = 512  # images per batch when validating and testing
+    label_smoothing: float = 0.0  # cross-entropy towards (1 - e) on the label and e spread over all classes
     loss: Literal["auto", "cross_entropy", "bce", "asymmetric"] = "auto"  # auto: cross-entropy, multi-label bce;
     #                                                      asymmetric: Ridnik et al. 2021
     threshold: float = 0.5  # multi-label: a label is predicted when its sigmoid is over this
-    seed: int = 0
+    seed: int = 0  # initial weights, data order and augmentation draws
     deterministic: bool = False  # bitwise-repeatable kernels (slower on GPU)
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
     # bf16 trained 2.0-2.1x faster here, but cost plain-20 1.2 points on digits (3 seeds; README),
@@ -137,6 +138,7 @@ class TrainConfig:
     precision: Precision = "fp32"  # bf16 (autocast), fp16 (autocast + GradScaler, GPU), auto
     channels_last: bool = True  # NHWC: measured 1.3x faster here in fp32 and faster in bf16; cuDNN prefers it too
     compile: bool = False  # torch.compile the model
+    # torch.compile's mode (with train.compile=true); reduce-overhead uses CUDA graphs on a GPU
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     # Split each batch into this many micro-batches, one forward/backward each, one update:
     # the same global batch, schedule and data order in less activation memory.
@@ -166,7 +168,7 @@ class TrainConfig:
 class OutputConfig:
     dir: str = "runs"  # run folders go below this
     name: str | None = None  # the run folder's name; default model-dataset-time
-    plots: bool = True
+    plots: bool = True  # curves, confusion matrix and reliability diagram as PNGs in the run folder
     keep_last: int = 1  # epoch checkpoints kept besides best.pt
     # Experiment tracking besides history.csv: tensorboard (event files in the run folder, so
     # `tensorboard --logdir runs` shows every run), wandb or mlflow; rank 0 only.
@@ -268,9 +270,37 @@ def default_recipe(overrides: list[str]) -> str:
     return "finetune" if pretrained and pretrained[-1] not in ("", "null", "none", "None") else "scratch"
 
 
-def recipe_names() -> list[str]:
-    folder = resources.files("reslab") / "recipes"
+# The YAML documents reslab ships, by kind: the folder under src/reslab/recipes/ and how an
+# error names one.
+SHIPPED = {"recipe": ("", "config"), "study": ("studies", "study"), "space": ("spaces", "search space")}
+
+
+def shipped_names(kind: str = "recipe") -> list[str]:
+    """The names of the shipped documents of ``kind`` (recipe, study or space)."""
+    folder = resources.files("reslab") / "recipes" / SHIPPED[kind][0]
+    if not folder.is_dir():
+        return []
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_names() -> list[str]:
+    return shipped_names("recipe")
+
+
+def read_document(source: str | Path, kind: str) -> tuple[Any, str, Path | None]:
+    """A YAML document of ``kind`` from a file, or a shipped one by name (``digits-depth``):
+    its content, its default name (the file's stem or the name) and its path (None when
+    shipped). Neither is one error line, with the closest shipped names."""
+    path = Path(source)
+    if path.exists() or str(source).endswith((".yaml", ".yml")):  # a file: read_yaml_file says what is wrong
+        return read_yaml_file(path, SHIPPED[kind][1]), path.stem, path
+    shipped = resources.files("reslab") / "recipes" / SHIPPED[kind][0] / f"{source}.yaml"
+    if not shipped.is_file():
+        names = shipped_names(kind)
+        close = difflib.get_close_matches(str(source), names, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else f" (shipped: {', '.join(names) or 'none'})"
+        raise ReslabError(f"{SHIPPED[kind][1]} {str(source)!r} is neither a file nor a shipped {kind}{hint}")
+    return safe_yaml(shipped.read_text()), str(source), None
 
 
 class _PlainLoader(yaml.SafeLoader):
@@ -336,15 +366,7 @@ def _huge_int(value: Any) -> bool:
 
 
 def _read_yaml(source: str | Path) -> dict[str, Any]:
-    path = Path(source)
-    if not path.exists() and not str(source).endswith((".yaml", ".yml")):
-        recipe = resources.files("reslab") / "recipes" / f"{source}.yaml"
-        if recipe.is_file():
-            return safe_yaml(recipe.read_text()) or {}
-        close = difflib.get_close_matches(str(source), recipe_names(), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else f"; recipes: {', '.join(recipe_names())}"
-        raise ReslabError(f"config {str(source)!r} is neither a file nor a shipped recipe{hint}")
-    return read_yaml_file(path) or {}
+    return read_document(source, "recipe")[0] or {}
 
 
 def _is_text_field(section, key: str) -> bool:
