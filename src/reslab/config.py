@@ -25,9 +25,10 @@ from .errors import ReslabError
 from .precision import Precision
 
 # The datasets reslab reads: held in memory (small images), or read from files.
-IN_MEMORY_DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "kmnist")
-FILE_DATASETS = ("folder", "imagenet", "coco")
-DatasetName = Literal[IN_MEMORY_DATASETS + FILE_DATASETS]
+DatasetName = Literal["digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "kmnist", "folder", "imagenet", "coco"]
+IN_MEMORY_DATASETS = typing.get_args(DatasetName)[:6]
+FILE_DATASETS = typing.get_args(DatasetName)[6:]
+Normalization = Literal["auto", "dataset", "imagenet", "inception", "caffe", "none"]
 
 
 @dataclass
@@ -53,7 +54,7 @@ class DataConfig:
     split_seed: int = 0  # the train/val/test split; fixed across training seeds so runs compare
     # auto: the pretrained weights' own (imagenet for torchvision; Keras files: inception [-1, 1] for V2,
     # caffe (ImageNet means on 0-255, no scaling) for V1), else dataset (the training split's mean and std)
-    normalization: Literal["auto", "dataset", "imagenet", "inception", "caffe", "none"] = "auto"
+    normalization: Normalization = "auto"
     image_size: int | None = None  # the model's square input: in-memory data is resized to it (e.g. 224 for
     #                                ImageNet backbones); file data is cropped to it (None: 224, COCO 448)
     channels: int | None = None  # 3 repeats grayscale images into RGB (for RGB-pretrained backbones)
@@ -495,8 +496,8 @@ def validate(config: RunConfig) -> RunConfig:
             if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
                 raise ReslabError(f"config key '{section.name}.{key}' must be a finite number, got {_shown(value)}")
     for path, allowed in CHOICES.items():
-        section, key = path.split(".")
-        value = getattr(getattr(config, section), key)
+        section_name, key = path.split(".")
+        value = getattr(getattr(config, section_name), key)
         if value not in allowed:
             raise ReslabError(f"config key '{path}' must be one of {', '.join(allowed)}, got {_shown(value)}")
     checks = [
@@ -556,10 +557,11 @@ def validate(config: RunConfig) -> RunConfig:
         ("optim.clip_grad_norm", config.optim.clip_grad_norm is None or config.optim.clip_grad_norm > 0,
          "must be positive"),
     ]
-    for name, ok, message in checks:
+    for path, ok, message in checks:
         if not ok:
-            section, key = name.split(".")
-            raise ReslabError(f"config key '{name}' {message}, got {_shown(getattr(getattr(config, section), key))}")
+            section_name, key = path.split(".")
+            raise ReslabError(f"config key '{path}' {message}, got "
+                              f"{_shown(getattr(getattr(config, section_name), key))}")
     freeze = config.model.freeze
     stages = freeze.isascii() and freeze.isdigit() and len(freeze) <= 4  # "²".isdigit() too, int() refuses it
     if freeze not in ("none", "backbone") and not stages:
@@ -574,8 +576,9 @@ def validate(config: RunConfig) -> RunConfig:
         raise ReslabError("config key 'train.precision' fp16 needs a GPU; use bf16 on the CPU")
     if config.train.compile_mode != "default" and not config.train.compile:
         raise ReslabError(f"train.compile_mode={config.train.compile_mode} applies only with train.compile=true")
-    name = config.output.name
-    if name is not None and ("/" in name or "\0" in name or name in ("", ".", "..") or len(name.encode()) > 200):
+    run_name = config.output.name
+    if run_name is not None and ("/" in run_name or "\0" in run_name or run_name in ("", ".", "..")
+                                 or len(run_name.encode()) > 200):
         raise ReslabError(f"config key 'output.name' must be a plain folder name of at most 200 bytes, "
-                          f"got {_shown(name)}")
+                          f"got {_shown(run_name)}")
     return config

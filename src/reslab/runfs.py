@@ -27,7 +27,7 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], object]) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for colleagues too
@@ -54,7 +54,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete the temporary files a killed write left in ``folder`` (only reslab's own, by
     name, only there). Call it only where no other process is writing into ``folder``, as
     at the start of a resumed run, which owns its run folder."""
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = [path for path in Path(folder).iterdir() if TEMPORARY_FILE.fullmatch(path.name)]
     except OSError:

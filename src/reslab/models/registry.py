@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple
 from torch import nn
 
 from ..errors import ReslabError
+from .base import ResLabModel
 
 # The largest image side a family takes, checked before a network is built for a checkpoint:
 # 16 times CIFAR's 32 pixels for the nets without a strided stem (their first stage runs at
@@ -136,7 +137,7 @@ def check_input_size(name: str, image_size) -> None:
         raise ReslabError(f"{name} takes images of at most {side} pixels a side, not {height}x{width}")
 
 
-def create_model(name: str, num_classes: int | None = None, in_channels: int = 3, **kwargs) -> nn.Module:
+def create_model(name: str, num_classes: int | None = None, in_channels: int = 3, **kwargs) -> ResLabModel:
     """Build the model registered as ``name``; ``num_classes`` defaults to its family's (1,000
     for the ImageNet nets, 10 for the CIFAR nets). Unknown names give a ``ReslabError``."""
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):

@@ -15,6 +15,7 @@ import os
 import re
 import socket
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -126,7 +127,8 @@ class WandbLogger(Observer):
     run continues it). ``WANDB_MODE=offline`` keeps everything on disk (``wandb sync`` later)."""
 
     def __init__(self, project: str):
-        self.project, self.run = project, None
+        self.project = project
+        self.run: Any = None  # wandb's Run, once started
 
     def start(self, run_dir: Path, config: RunConfig, step: int) -> None:
         wandb = _need("wandb", "wandb")
@@ -158,7 +160,8 @@ class MlflowLogger(Observer):
     with the artifacts in ``mlruns/`` there."""
 
     def __init__(self, project: str, tracking_uri: str | None):
-        self.project, self.tracking_uri, self.mlflow = project, tracking_uri, None
+        self.project, self.tracking_uri = project, tracking_uri
+        self.mlflow: Any = None  # the mlflow module, once started
         if tracking_uri is not None:
             probe_tracking_server(tracking_uri)  # before the data loads, not a minute into the run
 

@@ -14,10 +14,11 @@ from torch import nn
 
 from .. import __version__, distributed
 from ..checkpoint import load_checkpoint
-from ..config import RunConfig
+from ..config import Normalization, RunConfig
 from ..data import DataBundle, build_data
 from ..errors import ReslabError
 from ..models import create_model
+from ..models.base import StagedModel
 from ..models.registry import max_input_side
 from ..models.transfer import parameter_groups
 from .optim import build_optimizer, build_scheduler
@@ -49,7 +50,7 @@ def load_pretrained(model: nn.Module, source: str) -> list[str]:
     return load_torchvision_weights(model, source)
 
 
-def pretrained_normalization(config: RunConfig) -> tuple[str, tuple[list[float], list[float]] | None]:
+def pretrained_normalization(config: RunConfig) -> tuple[Normalization, tuple[list[float], list[float]] | None]:
     """The normalization ``data.normalization=auto`` means: what the pretrained weights
     expect (Keras files: [-1, 1] for the V2 nets, Keras's ``caffe`` means for V1; a reslab
     checkpoint or a hub folder: its own statistics; other PyTorch weights: ImageNet's), or
@@ -101,8 +102,8 @@ def build_run_data(config: RunConfig, device: torch.device, env: distributed.Dis
 def build_run_model(config: RunConfig, bundle: DataBundle, device: torch.device,
                     env: distributed.DistEnv) -> tuple[nn.Module, dict]:
     """The model on ``device`` and the ``meta`` every checkpoint of the run carries."""
-    model = create_model(config.model.name, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
-                         **model_options(config))
+    model: nn.Module = create_model(config.model.name, num_classes=bundle.num_classes,
+                                    in_channels=bundle.in_channels, **model_options(config))
     notes = load_pretrained(model, config.model.pretrained) if config.model.pretrained else []
     if env.is_main:
         for note in notes:
@@ -116,6 +117,8 @@ def build_run_model(config: RunConfig, bundle: DataBundle, device: torch.device,
         "reslab_version": __version__, "config": config.to_dict(),
     }
     if config.model.grad_checkpointing:
+        if not isinstance(model, StagedModel):
+            raise ReslabError(f"{config.model.name} has no per-block checkpointing; set model.grad_checkpointing=false")
         model.set_grad_checkpointing(True)
     if config.train.sync_bn and env.enabled:
         model = distributed.convert_sync_batchnorm(model, device)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -71,7 +72,7 @@ REQUIRED_VARIABLES = {"conv": ("kernel",), "bn": ("gamma", "beta", "moving_mean"
 KERAS_V1_MODELS = ("resnet50", "resnet101", "resnet152")
 
 
-def keras_preprocessing(model_name: str) -> str:
+def keras_preprocessing(model_name: str) -> Literal["caffe", "inception"]:
     """The ``data.normalization`` Keras weights for ``model_name`` were trained with."""
     return "caffe" if model_name in KERAS_V1_MODELS else "inception"
 
