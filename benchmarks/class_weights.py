@@ -22,8 +22,9 @@ from reslab.config import load
 from reslab.train.loop import train
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks beside this one
-from fashion_mnist_folders import write_folders  # noqa: E402
-from common import cpu_flags, write_figures  # noqa: E402
+from fashion_mnist_folders import write_folders
+
+from common import cpu_flags, write_figures
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -48,8 +48,9 @@ from reslab.evaluate.runner import load_for_evaluation
 from reslab.train.loop import train
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks beside this one
-from fashion_mnist_folders import DATA_ROOT, YEAR, write_mosaics  # noqa: E402
-from common import cpu_flags, run_script, write_figures  # noqa: E402
+from fashion_mnist_folders import DATA_ROOT, YEAR, write_mosaics
+
+from common import cpu_flags, run_script, write_figures
 
 RESULTS = Path(__file__).parent / "results"
 FIGURES = ("map", "cp", "cr", "cf1", "op", "or", "of1", "subset_accuracy")

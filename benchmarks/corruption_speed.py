@@ -109,7 +109,7 @@ def main() -> None:
                         "corruption_share": (1 / speed["all"]["images_per_second"])
                                             / (1 / speed["all"]["images_per_second"] + 1 / inference)})
     header = f"{'corruption':<20}" + "".join(f"{'x'.join(map(str, r['input'])):>14}" for r in results)
-    lines = ["images/s (batch of %d, severities 1-5)" % args.batch_size, header]
+    lines = [f"images/s (batch of {args.batch_size}, severities 1-5)", header]
     for name in CORRUPTIONS:
         lines.append(f"{name:<20}" + "".join(f"{r['per_type'][name]['images_per_second']:>14,.0f}" for r in results))
     lines.append(f"{'all 15 types':<20}" + "".join(f"{r['all']['images_per_second']:>14,.0f}" for r in results))

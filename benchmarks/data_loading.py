@@ -126,7 +126,7 @@ def loader_rates(folder: Path, batch_size: int, repeats: int) -> dict[str, dict[
     times = {key: [] for key in loaders}
     for number in range(repeats + 1):
         for key, loader in loaders.items():
-            seconds = timed(lambda: epoch(loader, number))
+            seconds = timed(lambda loader=loader, number=number: epoch(loader, number))
             if number > 0:
                 times[key].append(seconds)
     rates = {}

@@ -51,8 +51,9 @@ from reslab.precision import resolve_precision
 from reslab.train.step import train_step
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks beside this one
-from fashion_mnist_folders import DATA_ROOT, FOLDER_MARKER, write_folders  # noqa: E402
-from common import cpu_flags, run_script, write_figures  # noqa: E402
+from fashion_mnist_folders import DATA_ROOT, FOLDER_MARKER, write_folders
+
+from common import cpu_flags, run_script, write_figures
 
 RESULTS = Path(__file__).parent / "results"
 MEAN, STD = [0.5] * 3, [0.5] * 3  # reslab's data.normalization=inception

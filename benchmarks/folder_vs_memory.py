@@ -50,8 +50,9 @@ from reslab.config import load
 from reslab.train.loop import train
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks beside this one
-from common import cpu_flags, run_script, write_figures  # noqa: E402
-from fashion_mnist_folders import DATA_ROOT, FOLDER_MARKER, write_folders  # noqa: E402
+from fashion_mnist_folders import DATA_ROOT, FOLDER_MARKER, write_folders
+
+from common import cpu_flags, run_script, write_figures
 
 RESULTS = Path(__file__).parent / "results"
 # The resolved settings that must agree between the two paths (read back from each run's config.yaml).

@@ -71,8 +71,8 @@ def stages(out: Path, data: Path, dry: bool) -> list[Stage]:
         speed = ["--device", "cpu", "--models", "resnet8", "--images", "256", "--batch-size", "64", "--repeats", "1",
                  "--ref-workers", "0", "--variants", "reslab fp32 channels_last"]
         accuracy = ["--device", "cpu", "--model", "resnet8", "--reference-epochs", "1", "--workers", "0",
-                    "--budget-seconds", "2", "--max-epochs", "2", "--no-expert", "data.val_size=100", "model.name=resnet8",
-                    "train.batch_size=64"]
+                    "--budget-seconds", "2", "--max-epochs", "2", "--no-expert", "data.val_size=100",
+                    "model.name=resnet8", "train.batch_size=64"]
     else:
         # 100 steps an epoch (the rate is the second epoch's), two interleaved repeats.
         speed = ["--device", "cuda", "--models", "resnet20", "--images", "12800", "--repeats", "2", "--compile",

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from time_to_accuracy import RESULTS, cpu_flags  # noqa: E402
+from time_to_accuracy import RESULTS, cpu_flags
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 

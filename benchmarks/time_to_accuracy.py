@@ -50,17 +50,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from reslab import create_model
-from reslab.config import load
 from reslab.checkpoint import epoch_checkpoints, load_checkpoint
+from reslab.config import load
 from reslab.data.datasets import load_splits
 from reslab.device import resolve_device
-from reslab.precision import autocast, resolve_precision
 from reslab.evaluate.runner import load_for_evaluation, load_weights
+from reslab.precision import autocast, resolve_precision
 from reslab.train.loop import train
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks beside this one
-from common import cpu_flags  # noqa: E402
-from train_speed import PilCifar  # noqa: E402  (one PIL image and one transform call per item, as the scripts)
+from common import cpu_flags
+from train_speed import PilCifar
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -37,14 +37,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import write_cifar_archive  # noqa: E402  (the official archive format, random pixels)
+from reslab import create_model
+from reslab.config import load
+from reslab.data.cifar import read_cifar
+from reslab.device import resolve_device
+from reslab.models.summary import count_macs
+from reslab.train.loop import train
 
-from reslab import create_model  # noqa: E402
-from reslab.config import load  # noqa: E402
-from reslab.data.cifar import read_cifar  # noqa: E402
-from reslab.device import resolve_device  # noqa: E402
-from reslab.models.summary import count_macs  # noqa: E402
-from reslab.train.loop import train  # noqa: E402
+from conftest import write_cifar_archive
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 FASHION = "/usr/share/datasets/fashion-mnist"
@@ -314,7 +314,7 @@ def main() -> None:
             rates = {"reference fp32": [], **{name: [] for name in variants}}
             first_epochs = {name: [] for name in variants}
             skips_before = cudagraph_skips()
-            for repeat in range(repeats):
+            for _ in range(repeats):
                 rates["reference fp32"].append(reference_epoch(model_name, images, labels, args.batch_size,
                                                                args.ref_workers, device))
                 for name, overrides in variants.items():

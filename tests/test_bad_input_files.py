@@ -20,15 +20,21 @@ import pytest
 import torch
 
 import reslab.evaluate.calibrate as calibrate_module
-from conftest import quick_config, write_cifar_archive
 from reslab import ReslabError, runfs
 from reslab.checkpoint import save_checkpoint
 from reslab.cli import main
 from reslab.data.cifar import read_cifar
-from reslab.evaluate.calibration import (MAX_TEMPERATURE, MIN_TEMPERATURE, checkpoint_digest, fit_temperature,
-                                         stored_temperature)
+from reslab.evaluate.calibration import (
+    MAX_TEMPERATURE,
+    MIN_TEMPERATURE,
+    checkpoint_digest,
+    fit_temperature,
+    stored_temperature,
+)
 from reslab.train.loop import train
 from reslab.train.run_folder import link_last
+
+from conftest import quick_config, write_cifar_archive
 
 SPARSE_SIZE = 2 << 30  # a 2 GiB file of holes: its size is all that may be read of it
 

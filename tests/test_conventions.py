@@ -16,12 +16,13 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import quick_config
 from reslab.config import load
 from reslab.errors import Interrupted, ReslabError
 from reslab.train.loop import train
 from reslab.train.observers import Observer
 from reslab.train.step import train_step
+
+from conftest import quick_config
 
 pytestmark = pytest.mark.numerics  # outputs compared across kernels: run with both ISAs
 
@@ -77,7 +78,8 @@ def test_a_missing_tracker_package_names_the_extra(monkeypatch, tmp_path):
     import sys
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` meets where it is not installed
-    with pytest.raises(ReslabError, match=r"output.logger=wandb needs wandb: pip install -e '\.\[wandb\]' in the reslab clone"):
+    expected = r"output.logger=wandb needs wandb: pip install -e '\.\[wandb\]' in the reslab clone"
+    with pytest.raises(ReslabError, match=expected):
         train(quick_config(tmp_path, "output.logger=wandb", "train.epochs=1"), progress=False)
 
 
@@ -349,9 +351,8 @@ def test_auto_prefers_torchcodec_and_torchvision_never_decodes_pngs_under_auto(m
 def test_torchcodec_reports_a_png_shorter_than_its_header_as_damaged():
     import zlib
 
-    from test_seams import png_bytes
-
     from reslab.data.decode import BadImage, decode
+    from test_seams import png_bytes
 
     with pytest.raises(BadImage, match="damaged image data"):
         decode(png_bytes(40, 40, zlib.compress(b"\x00" * 100)), "torchcodec")

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torchvision.transforms.v2 as T
 
-from conftest import write_cifar_archive, write_idx, write_mnist
 from reslab import ReslabError
 from reslab.config import DataConfig
 from reslab.data import DeviceLoader, load_splits
@@ -17,6 +16,8 @@ from reslab.data.cifar import read_cifar
 from reslab.data.digits import read_digits
 from reslab.data.idx import read_idx
 from reslab.data.loader import BatchAugment
+
+from conftest import write_cifar_archive, write_idx, write_mnist
 
 
 def test_cifar10_archive_is_read_in_order(tmp_path):

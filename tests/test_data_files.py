@@ -16,12 +16,12 @@ from PIL import Image
 
 import reslab
 from reslab import ReslabError
+from reslab.config import AugmentConfig, DataConfig
 from reslab.data import build_data, folders
 from reslab.data.coco import read_coco
 from reslab.data.files import BadImage, FileLoader, ImageList, decode, write_bad_files
 from reslab.data.folders import read_folder
 from reslab.data.imagenet import read_imagenet
-from reslab.config import AugmentConfig, DataConfig
 from reslab.data.transforms import BatchMix, ImagePipeline, cutmix_batch, eval_transform, mixup_batch, train_transform
 
 skimage_data = pytest.importorskip("skimage.data")

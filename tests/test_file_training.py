@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from conftest import quick_config
-from test_data_files import write_classes, write_coco
 from reslab.checkpoint import load_checkpoint
 from reslab.train.loop import train
+from test_data_files import write_classes, write_coco
+
+from conftest import quick_config
 
 
 def _file_config(tmp_path, data_name, root, *overrides):

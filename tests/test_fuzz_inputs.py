@@ -24,6 +24,14 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from reslab.cli import main
+from reslab.errors import ReslabError
+from reslab.models import create_model
+from reslab.models.weights import load_keras_weights
+from reslab.train.setup import load_pretrained
+
 from conftest import (
     png_chunks,
     png_from_chunks,
@@ -32,13 +40,6 @@ from conftest import (
     write_keras_archive,
     write_keras_h5,
 )
-from PIL import Image
-
-from reslab.cli import main
-from reslab.errors import ReslabError
-from reslab.models import create_model
-from reslab.models.weights import load_keras_weights
-from reslab.train.setup import load_pretrained
 
 SEED = 26
 HUB_CASES = 150
@@ -180,7 +181,7 @@ def test_mutated_hub_folders_give_a_result_or_one_error_line(hub_bases, tmp_path
                     refused += 1
                     problem = _one_error_line(code, err)
                     assert problem is None, problem
-        except Exception as exc:  # noqa: BLE001  (a traceback: the contract broken)
+        except Exception as exc:
             failures.append(f"case {case} ({command}): {type(exc).__name__}: {str(exc)[:200]}")
         shutil.rmtree(folder)
     assert not failures, "\n".join(failures)
@@ -289,7 +290,7 @@ def test_mutated_keras_files_load_or_give_one_error_line(keras_bases, tmp_path):
             refused += 1
             if "\n" in str(exc):
                 failures.append(f"case {case}: not one line: {str(exc)[:300]!r}")
-        except Exception as exc:  # noqa: BLE001  (a traceback: the contract broken)
+        except Exception as exc:
             failures.append(f"case {case}: {type(exc).__name__}: {str(exc)[:200]}")
         path.unlink()
     assert not failures, "\n".join(failures)

@@ -17,7 +17,6 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import crash_after_epochs, quick_config
 from reslab import create_model, distributed
 from reslab.checkpoint import epoch_checkpoints, load_checkpoint
 from reslab.config import AugmentConfig, DataConfig, OptimConfig, ScheduleConfig, load
@@ -32,6 +31,8 @@ from reslab.train.optim import build_optimizer, build_scheduler
 from reslab.train.run_folder import load_run_config
 from reslab.train.state import EpochTally
 from reslab.train.step import train_step
+
+from conftest import crash_after_epochs, quick_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 

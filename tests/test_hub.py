@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import quick_config, write_hub_folder
 from reslab.checkpoint import save_checkpoint
 from reslab.cli import main
 from reslab.config import from_dict
@@ -25,6 +24,8 @@ from reslab.models import create_model
 from reslab.models.weights.hub import create_timm_model, crop_fraction, timm_architecture
 from reslab.train.loop import train
 from reslab.train.setup import load_pretrained, pretrained_normalization
+
+from conftest import quick_config, write_hub_folder
 
 pytestmark = pytest.mark.numerics  # outputs compared across kernels: run with both ISAs
 

@@ -21,18 +21,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import png_with_a_bad_data_check, quick_config, write_hub_folder
 from reslab.cli import build_parser, main
 from reslab.config import from_dict
 from reslab.data import DeviceLoader, load_splits
 from reslab.errors import ReslabError
+from reslab.evaluate.predict import predict
 from reslab.inference.export import check_parity
 from reslab.inference.gradcam import GradCAM, gallery, grad_cam
 from reslab.inference.predict import load_images, load_model
 from reslab.inference.server import make_server
 from reslab.models import StagedModel
-from reslab.evaluate.predict import predict
 from reslab.train.loop import train
+
+from conftest import png_with_a_bad_data_check, quick_config, write_hub_folder
 
 pytestmark = pytest.mark.numerics  # outputs compared across kernels: run with both ISAs
 

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_resnet_v2, write_keras_archive, write_keras_h5
 from reslab.errors import ReslabError
 from reslab.models import create_model
 from reslab.models.weights import load_keras_weights
@@ -25,6 +24,8 @@ from reslab.train.setup import load_pretrained
 from test_weights import _keras_output as _outputs
 from test_weights import _randomize
 from test_weights import _reslab_output as _reslab_outputs
+
+from conftest import tiny_resnet_v2, write_keras_archive, write_keras_h5
 
 # Keras's torch backend converts tensors with np.array(x), which numpy 2 warns about, thousands of times.
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),

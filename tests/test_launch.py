@@ -24,8 +24,17 @@ from submitit.core.utils import DelayedSubmission, JobPaths
 from reslab import ReslabError
 from reslab.cli import main
 from reslab.experiments.jobs import CommandJob, TrainJob
-from reslab.experiments.launch import (Slot, active_jobs, format_statuses, job_paths, launch, launch_options,
-                                       launch_study, minutes, read_records)
+from reslab.experiments.launch import (
+    Slot,
+    active_jobs,
+    format_statuses,
+    job_paths,
+    launch,
+    launch_options,
+    launch_study,
+    minutes,
+    read_records,
+)
 from reslab.experiments.study import run_study, study_from_dict
 from reslab.report.report import depth_findings, read_run, run_row, summary_rows
 

@@ -111,7 +111,8 @@ def test_the_layer_walk_sees_the_imports_it_judges():
     # The checks above could pass by reading nothing; they read the loop's real imports.
     loop = imports_of(PACKAGE / "train" / "loop.py")
     assert {"reslab.evaluate.predict", "reslab.data", "reslab.train.run_folder", "reslab.config"} <= loop
-    assert layer("reslab.train.loop") > layer("reslab.evaluate.task") > layer("reslab.data.files") > layer("reslab.models")
+    assert (layer("reslab.train.loop") > layer("reslab.evaluate.task") > layer("reslab.data.files")
+            > layer("reslab.models"))
 
 
 # Libraries that take seconds to import (scikit-learn pulls in SciPy; torchvision pulls in

@@ -9,14 +9,11 @@ from torch import nn
 
 from reslab.errors import ReslabError
 from reslab.models import create_model
-from reslab.models.report000 import SameMaxPool2d
 from reslab.models.imagenet import resnet50
 from reslab.models.preact import resnet50v2, resnet101v2, resnet152v2
+from reslab.models.report000 import SameMaxPool2d
 from reslab.models.summary import count_parameters
 from reslab.models.transfer import freeze, frozen_batchnorms, parameter_groups
-
-
-
 
 # name -> (num_classes, parameters). ImageNet ones are torchvision's; CIFAR ones as stated.
 PARAMETER_COUNTS = {

@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import quick_config
 from reslab import ReslabError
 from reslab.config import RunConfig, default_recipe, load
 from reslab.data.files import ImageList
@@ -21,6 +20,8 @@ from reslab.data.sources import folder_defaults
 from reslab.data.transforms import ImagePipeline, train_transform
 from reslab.train.losses import WeightedCrossEntropy, balanced_weights, build_criterion
 from reslab.train.setup import size_to_data
+
+from conftest import quick_config
 
 
 def write_folder(root, classes: dict[str, int], side: int = 28, seed: int = 0) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from reslab.checkpoint import epoch_checkpoints
 from reslab.config import load
 from reslab.evaluate.runner import evaluate_checkpoint
-from reslab.checkpoint import epoch_checkpoints
 from reslab.train.loop import train
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow, pytest.mark.numerics]

@@ -19,9 +19,9 @@ import reslab.train.run_folder as run_folder
 from reslab import ReslabError
 from reslab.cli import main
 from reslab.experiments.bench import FIELDS, run_bench
+from reslab.experiments.study import load_study, plan, run_state, run_study, study_from_dict
 from reslab.report.paper import paper_error, reference_error
 from reslab.report.report import Run, build_report, depth_findings, run_row, summary_rows
-from reslab.experiments.study import load_study, plan, run_state, run_study, study_from_dict
 
 STUDY = {"recipe": "demo-digits", "models": ["resnet8", "plain8"], "seeds": [0, 1],
          "overrides": ["train.epochs=1", "train.batch_size=128", "output.plots=false"]}

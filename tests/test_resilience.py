@@ -202,9 +202,10 @@ def test_a_full_disk_fails_clearly_and_keeps_the_last_good_checkpoint(tmp_path, 
     import errno
 
     import reslab.train.run_folder as run_folder
-    from conftest import quick_config
     from reslab import ReslabError
     from reslab.train.loop import train
+
+    from conftest import quick_config
 
     real = run_folder.save_checkpoint
     saves = []
@@ -224,9 +225,10 @@ def test_a_full_disk_fails_clearly_and_keeps_the_last_good_checkpoint(tmp_path, 
 
 def test_an_unwritable_output_folder_is_found_before_training(tmp_path, monkeypatch):
     import reslab.runfs as runfs
-    from conftest import quick_config
     from reslab import ReslabError
     from reslab.train.loop import train
+
+    from conftest import quick_config
 
     def read_only(folder):
         raise ReslabError(f"output folder {folder} is not writable: Read-only file system")

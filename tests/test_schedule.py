@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from reslab.config import ScheduleConfig
+from reslab.config import OptimConfig, ScheduleConfig
 from reslab.train.optim import build_optimizer, build_scheduler, lr_factor
-from reslab.config import OptimConfig
 
 
 def test_paper_schedule_divides_by_ten_at_32k_and_48k():
@@ -91,9 +90,9 @@ def test_the_schedule_under_a_time_limit_is_the_schedule_at_the_share_of_time_sp
 
 
 def test_a_time_limited_run_ends_when_its_time_is_spent_with_the_schedule_annealed(tmp_path):
-    from conftest import quick_config
-
     from reslab.train.loop import train
+
+    from conftest import quick_config
 
     result = train(quick_config(tmp_path, "train.epochs=1000", "train.time_limit=4", "data.val_size=0.1",
                                 "schedule.name=cosine", "output.plots=false"), progress=False)

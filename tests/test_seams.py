@@ -6,17 +6,16 @@ run's precision, elastic restarts and the global batch norm."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib
 import pytest
 import torch
 
 import reslab.train.loop as loop
-from conftest import quick_config
 from reslab import ReslabError, create_model
 from reslab.config import load
 from reslab.evaluate.runner import evaluate_checkpoint
@@ -25,6 +24,8 @@ from reslab.models.summary import count_parameters
 from reslab.train.loop import train
 from reslab.train.losses import build_criterion
 from reslab.train.run_folder import load_run_config
+
+from conftest import quick_config
 
 
 def cli(*args, env=None):
@@ -276,8 +277,9 @@ def test_predict_gives_the_top1_that_evaluation_gives_on_the_same_files(tmp_path
     write_photos(tmp_path / "data" / "train", 8, seed=0)
     write_photos(tmp_path / "data" / "test", 5, seed=1)
     config = load("demo-digits", ["data.name=folder", f"data.root={tmp_path / 'data'}", "data.image_size=24",
-                                  "data.center_crop=true", "data.workers=0", "data.val_size=0", "model.name=resnet8", "train.epochs=1",
-                                  "train.batch_size=4", f"output.dir={tmp_path / 'runs'}", "output.plots=false"])
+                                  "data.center_crop=true", "data.workers=0", "data.val_size=0", "model.name=resnet8",
+                                  "train.epochs=1", "train.batch_size=4", f"output.dir={tmp_path / 'runs'}",
+                                  "output.plots=false"])
     result = train(config, progress=False)
     model, meta = load_model(result.run_dir, "cpu")
     assert meta["preprocess"]["center_crop"] and meta["preprocess"]["resize_size"] == round(24 / 0.875)
@@ -367,9 +369,10 @@ def test_a_malformed_cifar_batch_is_one_error_line(tmp_path, case, fragment):
 def test_idx_files_with_bad_test_labels_no_images_or_a_corrupt_stream_are_refused_before_training(tmp_path):
     import numpy as np
 
-    from conftest import write_idx, write_mnist
     from reslab.config import DataConfig
     from reslab.data import load_splits
+
+    from conftest import write_idx, write_mnist
 
     root = write_mnist(tmp_path / "bad-labels")
     write_idx(root / "t10k-labels-idx1-ubyte", np.full(20, 12))

@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 
-from conftest import crash_after_epochs, quick_config
 from reslab import ReslabError
-from reslab.config import load
 from reslab.checkpoint import epoch_checkpoints, load_checkpoint
+from reslab.config import load
 from reslab.train.loop import train
 from reslab.train.run_folder import load_run_config
+
+from conftest import crash_after_epochs, quick_config
 
 pytestmark = pytest.mark.numerics  # outputs compared across kernels: run with both ISAs
 
@@ -173,8 +174,8 @@ def test_ema_decay_warms_up_and_batchnorm_statistics_belong_to_the_averaged_weig
 def test_flip_tta_averages_an_image_and_its_mirror():
     from reslab.data import DeviceLoader
     from reslab.data.arrays import ArrayDataset
-    from reslab.models import create_model
     from reslab.evaluate.predict import predict
+    from reslab.models import create_model
 
     model = create_model("resnet8", in_channels=1).eval()
     data = ArrayDataset(torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8), torch.arange(6))

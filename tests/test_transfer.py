@@ -5,11 +5,12 @@ import pytest
 import torch
 import torchvision
 
-from conftest import quick_config
 from reslab import ReslabError
 from reslab.checkpoint import load_checkpoint
 from reslab.data.normalization import IMAGENET_STATS
 from reslab.train.loop import train
+
+from conftest import quick_config
 
 pytestmark = pytest.mark.numerics  # outputs compared across kernels: run with both ISAs
 

@@ -24,7 +24,6 @@ from reslab.models.weights import (
 )
 from reslab.train.setup import pretrained_normalization
 
-
 # Keras's torch backend converts tensors with np.array(x), which numpy 2 warns about, thousands of times.
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
               pytest.mark.numerics]  # Keras-parity tolerances: run with both ISAs

@@ -61,7 +61,8 @@ def meta_problem(meta) -> str | None:
     if not isinstance(meta.get("model"), str) or not 0 < len(meta["model"]) <= 64:
         return "meta 'model' is not a model name"
     if not whole("num_classes", 1, MAX_CLASSES) or not whole("in_channels", 1, MAX_CHANNELS):
-        return f"meta 'num_classes' (1..{MAX_CLASSES:,}) or 'in_channels' (1..{MAX_CHANNELS}) is missing or out of range"
+        return (f"meta 'num_classes' (1..{MAX_CLASSES:,}) or 'in_channels' (1..{MAX_CHANNELS}) is missing or "
+                "out of range")
     classes, size = meta.get("classes"), meta.get("image_size")
     if not isinstance(classes, list) or len(classes) != meta["num_classes"] or not all(isinstance(c, str)
                                                                                            for c in classes):

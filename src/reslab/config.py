@@ -60,7 +60,8 @@ class DataConfig:
     channels: int | None = None  # 3 repeats grayscale images into RGB (for RGB-pretrained backbones)
     # File datasets (folder, imagenet, coco):
     resize_size: int | None = None  # evaluation: resize the shorter side to this, then centre crop (None: size/0.875)
-    center_crop: bool | None = None  # evaluation: centre crop, or squash the whole image (None: dataset's; COCO squashes)
+    # evaluation: centre crop, or squash the whole image (None: the dataset's; COCO squashes)
+    center_crop: bool | None = None
     coco_year: Literal[2014, 2017] = 2017  # COCO: which release's annotation files
     keep_unannotated: bool = False  # COCO: keep images with no annotation (all-negative targets)
     strict: bool = False  # decode every file before training and refuse the dataset at the first bad one
@@ -338,7 +339,7 @@ MAX_INT_CHARACTERS = 100  # a seed is 10 digits; no config number needs more tha
 
 def safe_yaml(text: str):
     """``yaml.safe_load`` for config files: plain values, no aliases, bounded nesting."""
-    return yaml.load(text, Loader=_PlainLoader)  # noqa: S506  (_PlainLoader is a SafeLoader)
+    return yaml.load(text, Loader=_PlainLoader)
 
 
 def read_yaml_file(path: Path, kind: str = "config"):

@@ -25,7 +25,7 @@ class ArrayDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index: np.ndarray) -> "ArrayDataset":
+    def subset(self, index: np.ndarray) -> ArrayDataset:
         index = torch.as_tensor(index, dtype=torch.long)
         return ArrayDataset(self.images[index], self.labels[index])
 

@@ -17,6 +17,7 @@ from .cifar import read_cifar
 from .digits import read_digits
 from .idx import read_idx_dataset
 
+
 def load_splits(config: DataConfig) -> DatasetSplits:
     root = Path(config.root).expanduser()
     if root.exists() and not root.is_dir():

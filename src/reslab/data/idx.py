@@ -81,7 +81,7 @@ def read_idx_dataset(root: Path, name: str, download: bool) -> tuple[ArrayDatase
             )
         _download(root, name)
     splits = []
-    for split, (image_stem, label_stem) in FILES.items():
+    for image_stem, label_stem in FILES.values():
         image_path, label_path = _find(root, image_stem, name), _find(root, label_stem, name)
         if image_path is None or label_path is None:
             raise ReslabError(f"{name}: {image_stem if image_path is None else label_stem} not found in {root}")

@@ -14,8 +14,14 @@ from pathlib import Path
 
 from ..errors import ReslabError
 from ..runfs import atomic_write_json, check_writable
-from .calibration import (CALIBRATION_FILE, calibration_metrics, checkpoint_digest, fit_temperature, plot_calibration,
-                          resolve_checkpoint)
+from .calibration import (
+    CALIBRATION_FILE,
+    calibration_metrics,
+    checkpoint_digest,
+    fit_temperature,
+    plot_calibration,
+    resolve_checkpoint,
+)
 from .runner import load_for_evaluation
 
 logger = logging.getLogger(__name__)

@@ -65,7 +65,7 @@ class LoadedCheckpoint:
         for each in self.bundle.loaders():
             getattr(each, "close", lambda: None)()
 
-    def __enter__(self) -> "LoadedCheckpoint":
+    def __enter__(self) -> LoadedCheckpoint:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -159,8 +159,8 @@ def _assemble(file: Path, meta: dict, config: RunConfig, network, target: torch.
         for each in bundle.loaders():
             getattr(each, "close", lambda: None)()
         raise
-    return LoadedCheckpoint(file, meta, config, built, bundle, Task(bundle.task, bundle.classes, config.train.threshold),
-                            target, precision, note)
+    task = Task(bundle.task, bundle.classes, config.train.threshold)
+    return LoadedCheckpoint(file, meta, config, built, bundle, task, target, precision, note)
 
 
 def check_finite_logits(logits: torch.Tensor, source) -> None:

@@ -132,7 +132,7 @@ class ReslabJob(submitit.helpers.Checkpointable):
         """Where this attempt runs; with ``ending`` (outcome, exit_code), how its command ended."""
         try:
             job_id = submitit.JobEnvironment().job_id
-        except Exception:  # noqa: BLE001  (called outside a job: no job id)
+        except Exception:
             job_id = None
         record = {"name": self.name, "host": socket.gethostname(), "pid": os.getpid(), "child": child,
                   "job_id": job_id, "attempt": self.attempt, "command": command,

@@ -8,7 +8,7 @@ ONNX / TorchScript / safetensors, and a small local web page.
 """
 
 from .gradcam import GradCAM, gallery, grad_cam, overlay
-from .predict import load_model, load_images, predict_images, probabilities
+from .predict import load_images, load_model, predict_images, probabilities
 
 __all__ = ["GradCAM", "gallery", "grad_cam", "load_images", "load_model", "overlay", "predict_images",
            "probabilities"]

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import base64
 import email.parser
-import logging
 import email.policy
 import io
 import json
+import logging
 import math
 import re
 import socket
@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from ..errors import ReslabError
-from .gradcam import GradCAM, overlay
 from ..evaluate.runner import check_finite_logits
+from .gradcam import GradCAM, overlay
 from .predict import class_index, decode_image, is_multi_label, load_model, normalize, rank_classes, temperature
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ stacks a stage of any family's blocks."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -10,7 +10,8 @@ import difflib
 import functools
 import inspect
 import re
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from torch import nn
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 WEIGHTS = {"live": "live (as trained)", "ema": "averaged (EMA), better on validation"}
 
 

@@ -41,8 +41,7 @@ from .ema import ModelEma
 from .losses import balanced_weights, build_criterion
 from .observers import Observer, build_logger
 from .run_folder import VAL_FIGURES, RunResult
-from .setup import (build_optimization, build_run_data, build_run_model, epochs_of, size_to_data,
-                    warn_about_schedule)
+from .setup import build_optimization, build_run_data, build_run_model, epochs_of, size_to_data, warn_about_schedule
 from .setup import total_steps as planned_steps
 from .state import EpochTally, TrainState
 from .step import train_step

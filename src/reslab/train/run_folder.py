@@ -34,8 +34,14 @@ from .. import __version__
 from ..checkpoint import epoch_checkpoints, load_checkpoint, prune, save_checkpoint
 from ..config import RunConfig, apply_overrides, from_dict, safe_yaml
 from ..errors import ReslabError
-from ..runfs import (MAX_JSON_BYTES, atomic_write_json, atomic_write_text, new_run_dir, read_capped,
-                     remove_stale_temporaries)
+from ..runfs import (
+    MAX_JSON_BYTES,
+    atomic_write_json,
+    atomic_write_text,
+    new_run_dir,
+    read_capped,
+    remove_stale_temporaries,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ class EpochTally:
     seconds: float = 0.0
 
     @classmethod
-    def zero(cls, device: torch.device) -> "EpochTally":
+    def zero(cls, device: torch.device) -> EpochTally:
         return cls(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
 
     def add(self, loss: torch.Tensor, correct: torch.Tensor, count: int) -> None:
@@ -39,7 +39,7 @@ class EpochTally:
                 "seconds": self.seconds}
 
     @classmethod
-    def from_state(cls, state: dict, device: torch.device) -> "EpochTally":
+    def from_state(cls, state: dict, device: torch.device) -> EpochTally:
         return cls(torch.tensor(state["loss_sum"], device=device),
                    torch.tensor(state["correct"], device=device, dtype=torch.long), state["seen"], state["seconds"])
 
