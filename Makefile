@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup setup-test browser real-data demo test test-fast test-isa study bench time-to-accuracy gpu-data gpu-check constraints clean
+.PHONY: setup setup-test browser real-data demo lint test test-fast test-isa study bench time-to-accuracy gpu-data gpu-check constraints clean
 
 setup: $(VENV)/.installed
 
@@ -47,7 +47,12 @@ real-data:
 	@test -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
 
-test: setup-test browser real-data
+# ruff over the sources, tests and benchmarks; mypy over the typed core (pyproject.toml says which).
+lint: setup-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+test: setup-test browser real-data lint
 	$(BIN)/python -m pytest -n 2 --dist loadscope --durations=10
 
 # Daily work: the suite without its slow end-to-end runs, torchrun, the browser and real data.

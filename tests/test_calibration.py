@@ -14,10 +14,19 @@ import pytest
 import torch
 from sklearn.metrics import log_loss
 
-from reslab.evaluate.calibration import (brier_score, calibration_metrics, checkpoint_digest,
-                                         expected_calibration_error, fit_temperature, maximum_calibration_error,
-                                         negative_log_likelihood, plot_calibration, plot_reliability,
-                                         reliability_bins, stored_temperature)
+from reslab.evaluate.calibration import (
+    brier_score,
+    calibration_metrics,
+    checkpoint_digest,
+    expected_calibration_error,
+    fit_temperature,
+    maximum_calibration_error,
+    negative_log_likelihood,
+    plot_calibration,
+    plot_reliability,
+    reliability_bins,
+    stored_temperature,
+)
 from reslab.evaluate.metrics import classification_metrics
 
 # Four images, three classes: confidences 0.9 (right), 0.9 (wrong), 0.6 (right), 0.35 (right).
@@ -72,6 +81,25 @@ def test_metrics_agree_with_an_independent_computation():
     assert metrics["nll"] == pytest.approx(log_loss(targets.numpy(), probabilities, labels=list(range(10))), rel=1e-5)
     one_hot = np.eye(10)[targets.numpy()]
     assert metrics["brier"] == pytest.approx(((probabilities - one_hot) ** 2).sum(1).mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("scale", [0.5, 2.0, 5.0])  # under-, roughly and over-confident logits
+def test_ece_and_mce_agree_with_torchmetrics(scale):
+    """torchmetrics' MulticlassCalibrationError (15 equal-width bins; norm l1 is the ECE, max
+    the MCE) on the same logits. Its bins are [lo, hi) where Guo et al.'s are (lo, hi]: a
+    confidence on an edge, or of exactly 1 (a bin of its own there), would be binned
+    differently, and random float64 logits of this size reach neither."""
+    from torchmetrics.classification import MulticlassCalibrationError
+
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(3000, 10, generator=generator, dtype=torch.float64) * scale
+    targets = torch.randint(0, 10, (3000,), generator=generator)
+    probabilities = torch.softmax(logits, 1)
+    assert bool((probabilities.max(1).values < 1).all())
+    ours = calibration_metrics(logits, targets)
+    for norm, key in (("l1", "ece"), ("max", "mce")):
+        reference = MulticlassCalibrationError(num_classes=10, n_bins=15, norm=norm)(probabilities, targets)
+        assert ours[key] == pytest.approx(float(reference), abs=2e-6), norm
 
 
 def test_every_single_label_evaluation_reports_calibration():

@@ -2,7 +2,9 @@
 on a tiny digits study writes the report's section; ``reslab evaluate --corruptions`` and
 ``reslab calibrate`` on its runs; predict and serve use the stored temperature; the paper's
 mCE and relative mCE against numbers worked by hand; the report's statements computed from
-the numbers, with the noise margin."""
+the numbers, with the noise margin; on a folder of colour images with a file that fails to
+decode, each image keeps its own corruption, and the published corrupted sets' formats
+(CIFAR-10-C's .npy files, ImageNet-C's folders) give the generated errors back."""
 
 from __future__ import annotations
 
@@ -10,20 +12,35 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from reslab.cli import main
-from reslab.data import load_splits
 from reslab.config import from_dict
+from reslab.data import load_splits
+from reslab.data.corruptions import corrupt
 from reslab.errors import ReslabError
 from reslab.evaluate import robustness
-from reslab.evaluate.robustness import (RobustnessSettings, choose_images, robustness_of_checkpoint, summarise)
+from reslab.evaluate.calibration import resolve_checkpoint
+from reslab.evaluate.robustness import (
+    RobustnessSettings,
+    choose_images,
+    clean_pixels,
+    robustness_of_checkpoint,
+    robustness_table,
+    summarise,
+)
+from reslab.evaluate.runner import load_for_evaluation
 from reslab.inference.predict import load_images, load_model, probabilities
 from reslab.inference.server import ModelService
 from reslab.report.report import read_run, run_row
 from reslab.report.robustness import robustness_section
+from reslab.train.loop import train
+from test_data_files import write_classes
+
+from conftest import quick_config
 
 STUDY = """
 name: tiny-robustness
@@ -213,3 +230,102 @@ def test_report_statements_follow_the_numbers_and_the_noise(study, tmp_path):
     row = dict(zip(headers, next(line for line in body if line[0] == "resnet20")))
     assert row["ECE (%)"] == "25.00" and row["corruption error (%)"] == "29.00" and row["mCE vs plain8 (%)"] == "72.5"
     assert all(path.is_file() for path in section.figures)
+
+
+# ---------------------------------------------------------------- files: decoding failures, published sets
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A one-epoch ResNet-8 on 32x32 colour photographs in class folders; its test split
+    lists 11 files, the fourth of which (a/img002b.jpg) does not decode."""
+    folder = tmp_path_factory.mktemp("folder-run")
+    root = folder / "shapes"
+    write_classes(root / "train", {"a": 8, "b": 8})
+    write_classes(root / "test", {"a": 5, "b": 5}, start=50)
+    (root / "test" / "a" / "img002b.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    config = quick_config(folder, "data.name=folder", f"data.root={root}", "data.image_size=32", "data.workers=0",
+                          "data.val_size=0", "train.batch_size=4", "train.eval_batch_size=4", "train.epochs=1")
+    return train(config, progress=False).run_dir
+
+
+def test_a_file_that_fails_to_decode_shifts_no_other_images_corruption(folder_run):
+    path, _ = resolve_checkpoint(folder_run)
+    with load_for_evaluation(path, device="cpu") as loaded:
+        loader = loaded.loader("test")
+        images, targets, indices = clean_pixels(loader, loaded.meta["mean"], loaded.meta["std"],
+                                                choose_images(len(loader.images), None, 0))
+        assert any(p.endswith("img002b.jpg") for p in loader.bad_files)
+        later = loader.images.path(4)  # img003.jpg, after the broken file
+    assert indices.tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 9, 10]  # image 4 is still image 4 (not 3)
+    assert targets.tolist() == [0] * 5 + [1] * 5
+    assert later.endswith("img003.jpg")
+    # the corruption the evaluation gives the image after the broken file is that of its own index
+    wanted = RobustnessSettings.from_dict({"corruptions": ["gaussian_noise"], "severities": [3]})
+    batches = robustness._batches(images, targets, indices, "gaussian_noise", 3, 0, lambda x: x, False, 4,
+                                  robustness._Clock(torch.device("cpu")))
+    served = torch.cat([batch for batch, _ in batches])
+    assert torch.equal(served[3:4], corrupt(images[3:4], "gaussian_noise", 3, seed=wanted.seed, indices=[4]))
+    assert not torch.equal(served[3:4], corrupt(images[3:4], "gaussian_noise", 3, seed=wanted.seed, indices=[3]))
+
+
+def published_sets(run: Path, folder: Path, names: list[str]) -> tuple[Path, Path]:
+    """The run's decodable test images corrupted by reslab, written as CIFAR-10-C (one .npy
+    per corruption, severities 1..5 stacked, labels.npy) and as ImageNet-C (PNG files in
+    <corruption>/<severity>/<class>/, named as the originals)."""
+    path, _ = resolve_checkpoint(run)
+    with load_for_evaluation(path, device="cpu") as loaded:
+        loader = loaded.loader("test")
+        images, targets, indices = clean_pixels(loader, loaded.meta["mean"], loaded.meta["std"],
+                                                choose_images(len(loader.images), None, 0))
+        files = [Path(loader.images.path(int(i))) for i in indices]
+        classes = loaded.meta["classes"]
+    cifar, imagenet = folder / "CIFAR-10-C", folder / "ImageNet-C"
+    cifar.mkdir()
+    for name in names:
+        stack = []
+        for severity in range(1, 6):
+            corrupted = corrupt(images, name, severity, seed=0, indices=indices)
+            stack.append(corrupted.permute(0, 2, 3, 1).numpy())
+            for image, target, file in zip(corrupted, targets, files):
+                out = imagenet / name / str(severity) / classes[int(target)] / f"{file.stem}.png"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image.permute(1, 2, 0).numpy()).save(out)
+        np.save(cifar / f"{name}.npy", np.concatenate(stack))
+    np.save(cifar / "labels.npy", np.tile(targets.numpy().astype(np.uint8), 5))
+    return cifar, imagenet
+
+
+def test_published_corrupted_sets_give_the_generated_errors(folder_run, tmp_path):
+    names = ["gaussian_noise", "contrast"]
+    cifar, imagenet = published_sets(folder_run, tmp_path, names)
+    generated = robustness_of_checkpoint(folder_run, RobustnessSettings.from_dict({"corruptions": names}),
+                                         device="cpu", write=False)
+    assert generated["source"] == "generated" and generated["parameters"] == "CIFAR-10-C"
+    for folder, layout in ((cifar, "CIFAR-C .npy files"), (imagenet, "ImageNet-C folders")):
+        settings = RobustnessSettings.from_dict({"corruptions": names, "corruptions_from": str(folder)})
+        read = robustness_of_checkpoint(folder_run, settings, device="cpu", write=False)
+        assert read["errors"] == generated["errors"] and read["ece"] == generated["ece"], layout
+        assert read["clean"] == generated["clean"] and read["images"] == 10
+        assert read["source"].startswith(layout) and read["settings"]["source"] == str(folder.resolve())
+        summary = summarise(read, baseline=generated)
+        assert summary["mce"] == pytest.approx(1.0)  # the same report and mCE
+        assert f"read from the published files ({layout}" in robustness_table(read, summary)
+
+
+def test_published_sets_in_a_wrong_shape_are_one_clear_error(folder_run, tmp_path):
+    def read(folder, corruptions=("gaussian_noise",)):
+        settings = RobustnessSettings.from_dict({"corruptions": list(corruptions), "corruptions_from": str(folder)})
+        return robustness_of_checkpoint(folder_run, settings, device="cpu", write=False)
+
+    with pytest.raises(ReslabError, match="neither CIFAR-C files"):
+        read(tmp_path)
+    np.save(tmp_path / "gaussian_noise.npy", np.zeros((50, 32, 32, 3), np.uint8))
+    np.save(tmp_path / "labels.npy", np.full(50, 7, np.uint8))
+    with pytest.raises(ReslabError, match="holds no contrast"):
+        read(tmp_path, ["contrast"])
+    with pytest.raises(ReslabError, match="not those of the test split"):  # 10 images, as the split, other labels
+        read(tmp_path)
+    np.save(tmp_path / "gaussian_noise.npy", np.zeros((50, 32, 32), np.uint8))
+    with pytest.raises(ReslabError, match="not a CIFAR-C file"):
+        read(tmp_path)

@@ -22,13 +22,22 @@ from optuna.trial import TrialState
 from submitit.core.utils import JobPaths
 
 import reslab.experiments.tune as tune
+import reslab.experiments.tune.worker as tune_worker
 from reslab import ReslabError
 from reslab.cli import main
 from reslab.config import load
 from reslab.experiments.launch import active_jobs, read_records
 from reslab.experiments.search_space import parse_space
-from reslab.experiments.tune import (Ledger, TrialObserver, open_study, read_history, run_trial,
-                                     run_worker, summarize, tune_settings)
+from reslab.experiments.tune import (
+    Ledger,
+    TrialObserver,
+    open_study,
+    read_history,
+    run_trial,
+    run_worker,
+    tune_settings,
+)
+from reslab.report.tune import summarize
 
 pytestmark = pytest.mark.slow  # Optuna studies with real trials and worker processes
 
@@ -68,7 +77,7 @@ class Watch:
                 self.study = optuna.load_study(study_name="space", storage=optuna.storages.RDBStorage(
                     f"sqlite:///{self.out / 'study.db'}", engine_kwargs={"connect_args": {"timeout": 60}},
                     skip_table_creation=True, skip_compatibility_check=True))
-            except Exception:  # noqa: BLE001  (tables or study not there yet)
+            except Exception:
                 return None
         return self.study.get_trials(deepcopy=False)
 
@@ -265,10 +274,10 @@ def test_a_stopped_trial_is_queued_again_and_resumes_its_folder(tmp_path, monkey
                 stopped.append((Path(self.trial.user_attrs["run_dir"]) / "history.csv").read_text())
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(tune, "TrialObserver", StopsOnce)
+    monkeypatch.setattr(tune_worker, "TrialObserver", StopsOnce)
     with pytest.raises(ReslabError, match="stopped by SIGTERM"):
         run_worker(settings, progress=False)
-    monkeypatch.setattr(tune, "TrialObserver", TrialObserver)
+    monkeypatch.setattr(tune_worker, "TrialObserver", TrialObserver)
     result = run_worker(settings, progress=False)
     first, retry = trials_of(tmp_path / "out")
     assert (first.state, retry.state) == (TrialState.FAIL, TrialState.COMPLETE) and result.ran == [1]

@@ -116,6 +116,8 @@ def cmd_evaluate(args) -> int:
 
 def _robustness_settings(args):
     """The corruption evaluation the evaluate flags ask for, or None without --corruptions."""
+    if args.corruptions is None and args.corruptions_from is not None:
+        args.corruptions = "all"
     if args.corruptions is None:
         given = [flag for flag, value in (("--severities", args.severities), ("--baseline", args.baseline),
                                           ("--corruption-images", args.corruption_images)) if value is not None]
@@ -128,7 +130,7 @@ def _robustness_settings(args):
         raise ReslabError(f"--baseline {args.baseline} does not exist; give a run folder or checkpoint")
     return RobustnessSettings.from_dict({"corruptions": args.corruptions, "severities": args.severities or "1-5",
                                          "images": args.corruption_images, "seed": args.corruption_seed,
-                                         "baseline": args.baseline})
+                                         "baseline": args.baseline, "corruptions_from": args.corruptions_from})
 
 
 def cmd_calibrate(args) -> int:
@@ -286,8 +288,8 @@ def _compare_as_jobs(args, study, options) -> int:
 
 def cmd_tune(args) -> int:
     from .experiments.launch import format_statuses
-    from .experiments.tune import launch_tune, run_worker, summarize, tune_settings, write_outputs
-    from .report.tune import build_tune_report, tune_text
+    from .experiments.tune import launch_tune, run_worker, tune_settings
+    from .report.tune import build_tune_report, summarize, tune_text, write_outputs
 
     settings = tune_settings(args.items, recipe=args.recipe, trials=args.trials, out=args.out, storage=args.storage,
                              metric=args.metric, pruner=args.pruner, epochs=args.epochs, seed=args.seed,
@@ -333,6 +335,13 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.run is not None:
+        from .inference.engines import cmd_bench_engines
+
+        return cmd_bench_engines(args)
+    if not args.models:
+        raise ReslabError("give --models NAMES to time models, or a run folder or checkpoint to compare inference "
+                          "engines")
     from .experiments.bench import format_bench, parse_input_sizes, run_bench, write_bench
 
     def numbers(text: str, flag: str) -> list[int]:
@@ -409,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a saved checkpoint or run folder")
-    evaluate.add_argument("checkpoint", help="a run folder (uses its best checkpoint), a .pt file, or a hub folder or hf-hub:org/name (give --data unless it names its dataset)")
+    evaluate.add_argument("checkpoint", help="a run folder (uses its best checkpoint), a .pt file, or a hub folder "
+                          "or hf-hub:org/name (give --data unless it names its dataset)")
     evaluate.add_argument("--data", help="dataset name (default: the one it was trained on)")
     evaluate.add_argument("--data-root", help="where the dataset is (default: as in training)")
     evaluate.add_argument("--split", choices=("test", "val"), default="test")
@@ -426,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     corruption.add_argument("--corruption-images", type=int, metavar="N",
                             help="a fixed random subset of N images of the split, for speed (default: all)")
     corruption.add_argument("--corruption-seed", type=int, default=0, help="seed of the corruptions (default 0)")
+    corruption.add_argument("--corruptions-from", metavar="DIR",
+                            help="read the corrupted images from published files instead of generating them: the "
+                                 "folder of CIFAR-10-C/CIFAR-100-C's .npy files, or of ImageNet-C's "
+                                 "<corruption>/<severity>/<class>/ folders (default --corruptions: all)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     calibrate = commands.add_parser(
@@ -448,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("model")
     summary.add_argument("--input-size", default="3,32,32", help="C,H,W (default 3,32,32)")
     summary.add_argument("--num-classes", type=int, help="default: the family's (ImageNet nets 1000, CIFAR nets 10)")
-    summary.add_argument("--depth", type=int, default=None, help="one row per module nested this deep (2: one per block) instead of per layer")
+    summary.add_argument("--depth", type=int, default=None,
+                         help="one row per module nested this deep (2: one per block) instead of per layer")
     summary.set_defaults(func=cmd_summary)
 
     models = commands.add_parser("models", help="list the registered models")
@@ -474,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "reslab compare --recipe R --models a,b --seeds 0,1 --out DIR [section.key=value ...]. "
                     "Run again after a stop: finished runs are reused, interrupted ones resumed.")
     compare.add_argument("items", nargs="*", metavar="STUDY.yaml | section.key=value",
-                         help="a study file or shipped study (digits-depth, cifar10-depth), and overrides for every run")
+                         help="a study file or shipped study (digits-depth, cifar10-depth), and overrides for "
+                              "every run")
     compare.add_argument("--recipe", help="a recipe name or YAML file; {model} is replaced by each model's name")
     compare.add_argument("--models", help="comma-separated model names")
     compare.add_argument("--seeds", help="comma-separated training seeds (default 0)")
@@ -527,8 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--bench", metavar="JSON", help="include a reslab bench --json file")
     report.set_defaults(func=cmd_report)
 
-    bench = commands.add_parser("bench", help="training and inference throughput, latency and peak memory")
-    bench.add_argument("--models", required=True, help="comma-separated model names")
+    bench = commands.add_parser("bench", help="training and inference throughput, latency and peak memory; or a "
+                                "run's CPU inference through eager, compiled, ONNX Runtime and int8 engines")
+    bench.add_argument("run", nargs="?", metavar="RUN", help="a run folder or checkpoint: compare CPU inference "
+                       "engines on it (images/s, test accuracy) instead of timing --models")
+    bench.add_argument("--models", help="comma-separated model names")
     bench.add_argument("--batch-sizes", default="1,128", help="comma-separated (default 1,128)")
     bench.add_argument("--input-size", default="3,32,32", help="C,H,W; several separated by ';' (default 3,32,32)")
     bench.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16, fp16 (GPU) (default fp32)")
@@ -539,6 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's)")
     bench.add_argument("--channels-last", action="store_true")
     bench.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
+    bench.add_argument("--engines", default="eager,compiled,onnxruntime,int8",
+                       help="with RUN: comma-separated, of eager, compiled, onnxruntime, int8 (default all)")
+    bench.add_argument("--images", type=int, help="with RUN: accuracy over the first N test images (default all)")
+    bench.add_argument("--data-root", help="with RUN: where its dataset is, if it moved since training")
     bench.set_defaults(func=cmd_bench)
 
     predict = commands.add_parser("predict", help="classify image files with a trained model (top-k, Grad-CAM)")
@@ -556,17 +579,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
     predict.set_defaults(func=cmd_predict)
 
-    export = commands.add_parser("export", help="export to ONNX, TorchScript, safetensors or a hub folder (timm's "
-                                 "layout), with a parity check")
-    export.add_argument("checkpoint", help="a run folder (uses its best checkpoint) or a .pt file")
-    export.add_argument("--format", choices=("onnx", "torchscript", "safetensors", "hub"), required=True)
-    export.add_argument("--output", help="file to write, or folder for hub (default: the run's name with .onnx, .pt, "
-                        ".safetensors or -hub, here)")
+    export = commands.add_parser("export", help="export to ONNX, torch.export (.pt2), TorchScript (deprecated), "
+                                 "safetensors or a hub folder (timm's layout), with a parity check")
+    export.add_argument("checkpoint", help="a run folder (uses its best checkpoint), a .pt file or a hub folder "
+                        "(timm's layout)")
+    export.add_argument("--format", choices=("onnx", "pt2", "torchscript", "safetensors", "hub"), required=True,
+                        help="pt2: a torch.export program, any batch size; torchscript: PyTorch deprecates it")
+    export.add_argument("--output", help="file to write, or folder for hub (default: the run's name with .onnx, .pt2, "
+                        ".pt, .safetensors or -hub, here)")
     export.set_defaults(func=cmd_export)
 
     serve = commands.add_parser("serve", help="a local web page: upload an image, see predictions and Grad-CAM")
-    serve.add_argument("checkpoint", help="a run folder (uses its best checkpoint) or a .pt file")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("checkpoint", help="a run folder (uses its best checkpoint), a .pt file or a hub folder "
+                       "(timm's layout)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     serve.add_argument("--top-k", type=int, default=5)
     serve.add_argument("--threshold", type=float, default=0.5, help="multi-label checkpoints: a label counts over this")
@@ -589,7 +616,7 @@ class _TqdmAwareHandler(logging.Handler):
             from tqdm import tqdm
 
             tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # noqa: BLE001  (logging must never raise)
+        except Exception:
             self.handleError(record)
 
 

@@ -293,6 +293,8 @@ def read_document(source: str | Path, kind: str) -> tuple[Any, str, Path | None]
     """A YAML document of ``kind`` from a file, or a shipped one by name (``digits-depth``):
     its content, its default name (the file's stem or the name) and its path (None when
     shipped). Neither is one error line, with the closest shipped names."""
+    if not isinstance(source, (str, Path)):
+        raise ReslabError(f"a {SHIPPED[kind][1]} is named by a file or a shipped name, not {_shown(source)}")
     path = Path(source)
     if path.exists() or str(source).endswith((".yaml", ".yml")):  # a file: read_yaml_file says what is wrong
         return read_yaml_file(path, SHIPPED[kind][1]), path.stem, path
@@ -342,17 +344,22 @@ def safe_yaml(text: str):
     return yaml.load(text, Loader=_PlainLoader)
 
 
+MAX_YAML_BYTES = 1 << 20  # a config, study or space file is a few kilobytes
+
+
 def read_yaml_file(path: Path, kind: str = "config"):
     """A YAML file's content (``safe_yaml``); an unreadable or invalid file is one error line
-    naming ``kind`` (config, study, space)."""
+    naming ``kind`` (config, study, space). A file larger than any such document is refused
+    unread."""
+    from .runfs import read_capped
+
+    raw = read_capped(path, f"{kind} file", MAX_YAML_BYTES)
     try:
-        return safe_yaml(path.read_text())
-    except FileNotFoundError:
-        raise ReslabError(f"{kind} file {path} does not exist") from None
-    except OSError as exc:
-        raise ReslabError(f"cannot read {kind} file {path}: {exc.strerror}") from None
+        return safe_yaml(raw.decode())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ReslabError(f"{kind} file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:  # a timestamp such as 2001-13-45, which YAML's date reader refuses
+        raise ReslabError(f"{kind} file {path} holds a value YAML cannot read: {str(exc)[:120]}") from None
 
 
 def _shown(value: Any, limit: int = 60) -> str:

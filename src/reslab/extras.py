@@ -10,7 +10,7 @@ from .errors import ReslabError
 EXTRAS = {
     "keras": "h5py", "coco": "pycocotools", "torchcodec": "torchcodec", "tensorboard": "tensorboard",
     "wandb": "wandb", "mlflow": "mlflow-skinny", "hub": "huggingface_hub", "timm": "timm", "tune": "optuna",
-    "cluster": "submitit", "export": "onnx onnxscript onnxruntime",
+    "cluster": "submitit", "export": "onnx onnxscript onnxruntime", "corruptions": "imagecorruptions",
 }
 
 

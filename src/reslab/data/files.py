@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..errors import ReslabError
 from ..signals import ignore_stop_signals
-from .loader import batch_count, global_batches, rank_slice
 from .decode import DECODERS, DEFAULT_DECODER, KNOWN_DECODERS, BadImage, decode
+from .loader import batch_count, global_batches, rank_slice
 from .normalization import Normalizer
 from .seeding import epoch_generator, sample_seed, seeded
 
@@ -79,7 +79,7 @@ class PathTable:
     def __getitem__(self, index: int) -> str:
         return os.fsdecode(self.blob[self.offsets[index] : self.offsets[index + 1]].tobytes())
 
-    def take(self, index: np.ndarray) -> "PathTable":
+    def take(self, index: np.ndarray) -> PathTable:
         return PathTable([self[int(i)] for i in index])
 
     def tolist(self) -> list[str]:
@@ -100,7 +100,7 @@ class ImageList:
             raise ValueError(f"{len(self.paths)} paths but {len(self.targets)} targets")
 
     @classmethod
-    def of(cls, root, paths: list[str], targets) -> "ImageList":
+    def of(cls, root, paths: list[str], targets) -> ImageList:
         targets = np.asarray(targets)
         if targets.ndim == 1:
             targets = targets.astype(np.int64)
@@ -123,7 +123,7 @@ class ImageList:
             return torch.from_numpy(self.targets[index].astype(np.float32))
         return int(self.targets[index])
 
-    def subset(self, index) -> "ImageList":
+    def subset(self, index) -> ImageList:
         index = np.asarray(index, dtype=np.int64)
         return ImageList(self.root, self.paths.take(index), self.targets[index])
 
@@ -166,7 +166,9 @@ class ImageFileDataset(Dataset):
       so metrics are over the images that decode, each counted once.
 
     Either way the failed path and the reason travel back with the sample (a worker
-    process cannot write to the main process's lists) and the loader records them.
+    process cannot write to the main process's lists) and the loader records them, and so
+    does the index of the image served: what is keyed by an image's index (its corruption
+    seeds in a robustness evaluation) stays with that image when one before it fails.
     """
 
     def __init__(self, images: ImageList, transform, decoder: str = DEFAULT_DECODER, substitute: bool = True,
@@ -192,9 +194,9 @@ class ImageFileDataset(Dataset):
             except BadImage as exc:
                 failures.append(f"{path}\t{exc}")
                 continue
-            return self._transform(image, seed), self.images.target(current), True, "\n".join(failures)
+            return self._transform(image, seed), self.images.target(current), True, "\n".join(failures), current
         blank = torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8)
-        return blank, self.images.target(index), False, "\n".join(failures)
+        return blank, self.images.target(index), False, "\n".join(failures), index
 
     def _transform(self, image: torch.Tensor, seed: int | None) -> torch.Tensor:
         if self.transform is not None:
@@ -247,7 +249,8 @@ class EpochBatches(Sampler):
 
 def _collate(samples):
     if not samples:
-        return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.zeros(0), torch.zeros(0, dtype=torch.bool), []
+        return (torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.zeros(0), torch.zeros(0, dtype=torch.bool), [],
+                torch.zeros(0, dtype=torch.long))
     first = samples[0][0]
     out = None
     if get_worker_info() is not None:
@@ -263,7 +266,8 @@ def _collate(samples):
         targets = torch.tensor([s[1] for s in samples], dtype=torch.long)
     ok = torch.tensor([s[2] for s in samples], dtype=torch.bool)
     failures = [line for s in samples if s[3] for line in s[3].split("\n")]
-    return images, targets, ok, failures
+    indices = torch.tensor([s[4] for s in samples], dtype=torch.long)
+    return images, targets, ok, failures, indices
 
 
 def default_workers() -> int:
@@ -349,6 +353,13 @@ class FileLoader:
 
     def iterate(self, start: int = 0):
         """The batches of this epoch from the ``start``-th on (a resume in mid-epoch)."""
+        for images, targets, _ in self.indexed(start):
+            yield images, targets
+
+    def indexed(self, start: int = 0):
+        """``iterate``'s batches with the list index of each image, (images, targets,
+        indices on the CPU): an evaluation batch lacks the files that failed to decode, so
+        the k-th image served is not always image k."""
         if start >= len(self):
             return
         self.sampler.start = start
@@ -359,7 +370,7 @@ class FileLoader:
                                       generator=torch.Generator().manual_seed(self.sampler.seed),
                                       worker_init_fn=ignore_stop_signals,
                                       **self._loader_options)
-        for images, targets, ok, failures in self._loader:
+        for images, targets, ok, failures, indices in self._loader:
             for line in failures:
                 path, _, reason = line.partition("\t")
                 self.bad_files.setdefault(path, reason)
@@ -368,14 +379,14 @@ class FileLoader:
                     first = failures[0].partition("\t")[0]
                     raise ReslabError(f"{MAX_SUBSTITUTES} images in a row failed to decode, the first {first}; "
                                       "the dataset looks broken (a missing or unmounted folder?)")
-                images, targets = images[ok], targets[ok]
+                images, targets, indices = images[ok], targets[ok], indices[ok]
                 if len(images) == 0:
                     continue
             images = self.normalize(images)
             targets = targets.to(self.device, non_blocking=True)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            yield images, targets
+            yield images, targets, indices
 
     def bad_file_list(self) -> list[BadFile]:
         return [BadFile(path, reason) for path, reason in self.bad_files.items()]

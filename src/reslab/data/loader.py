@@ -165,6 +165,12 @@ class DeviceLoader:
                 images = images.contiguous(memory_format=torch.channels_last)
             yield images, self.labels[index]
 
+    def indexed(self, start: int = 0):
+        """``iterate``'s batches with the dataset index of each image (on the CPU), as
+        ``FileLoader.indexed`` gives them."""
+        for (index, _), (images, labels) in zip(self.batch_indices()[start:], self.iterate(start)):
+            yield images, labels, index
+
 
 def batch_count(count: int, batch_size: int, train: bool) -> int:
     """Training drops the last partial batch; evaluation keeps every image."""

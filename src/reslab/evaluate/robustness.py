@@ -12,10 +12,17 @@ on its test images under each of the 15 corruptions at each severity, generated 
 
 Images: the split's pixels as its loader hands them over, turned back into 0..255 from the
 normalisation (exact for uint8 data), a deterministic subset of them if asked; each batch is
-corrupted on the device, rounded to 8 bits (the published benchmark is stored as 8-bit
-images), normalised and classified as the run evaluated (precision, test-time flip). Image
-k of the split is corrupted by the stream of (seed, corruption, k), so a subset sees the
-same corrupted images as the whole split. The clean error is measured on the same images.
+corrupted on the device, truncated to 8 bits (the published benchmark is stored as 8-bit
+images, by ``np.uint8``), normalised and classified as the run evaluated (precision,
+test-time flip). Image k of the split is corrupted by the stream of (seed, corruption, k),
+so a subset sees the same corrupted images as the whole split, and an image file that fails
+to decode changes no other image's corruption. The clean error is measured on the same images.
+
+Or the corrupted images are the published ones, read from disk (``corruptions_from``: the
+folder of CIFAR-10-C / CIFAR-100-C's .npy files or of ImageNet-C's corruption folders,
+``reslab.data.corrupted_sets``): the same subset of each cell, normalised and classified in
+the same way, the same tables and mCE. The result names its source, and for generated
+images the parameter table and the frost (the published photographs or the stand-in).
 
 A run's results are kept in ``robustness.json`` in its folder with the settings and the
 SHA-256 of the checkpoint, so asking again (``reslab compare --robustness`` rerun) computes
@@ -34,9 +41,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from ..checkpoint import load_checkpoint
-from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption_names, severity_list
+from ..data.corrupted_sets import CorruptedSet, open_corrupted_set
+from ..data.corruptions import (
+    CORRUPTIONS,
+    GENERATOR,
+    SEVERITIES,
+    corrupt,
+    corruption_names,
+    frost_source,
+    parameter_table,
+    severity_list,
+)
 from ..data.normalization import Normalizer
 from ..errors import ReslabError
 from ..figures import new_figure, save_figure
@@ -51,7 +69,7 @@ logger = logging.getLogger(__name__)
 RESULTS_FILE = "robustness.json"
 TABLE_FILE = "robustness.md"
 HEATMAP_FILE = "robustness.png"
-SETTING_KEYS = ("corruptions", "severities", "images", "seed", "baseline")
+SETTING_KEYS = ("corruptions", "severities", "images", "seed", "baseline", "corruptions_from")
 
 
 @dataclass
@@ -61,9 +79,11 @@ class RobustnessSettings:
     images: int | None = None  # a deterministic subset of the split; None: every image
     seed: int = 0  # of the corruptions' random draws (and of the subset)
     baseline: str | None = None  # mCE's normaliser: a run folder (evaluate) or a model name (a study)
+    # the folder of a published corrupted set (CIFAR-10-C's .npy files, ImageNet-C's folders); None: generated
+    corruptions_from: str | None = None
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "RobustnessSettings":
+    def from_dict(cls, data: dict | None) -> RobustnessSettings:
         """From a study's ``robustness:`` section (or flags): corruptions "all", a category or a
         list; severities "1-5" or a list; images, seed, baseline."""
         data = data or {}
@@ -80,12 +100,18 @@ class RobustnessSettings:
             images=_positive(data.get("images"), "images"),
             seed=_integer(data.get("seed", 0), "seed"),
             baseline=str(data["baseline"]) if data.get("baseline") is not None else None,
+            corruptions_from=str(data["corruptions_from"]) if data.get("corruptions_from") is not None else None,
         )
         return settings
 
     def key(self, split: str, dataset: str) -> dict:
-        """What decides the images evaluated (the cells are shared across type/severity lists)."""
-        return {"images": self.images, "seed": self.seed, "split": split, "dataset": dataset}
+        """What decides the images evaluated (the cells are shared across type/severity lists):
+        for generated corruptions, the generator's version and the frost used; for a
+        published set, its folder."""
+        key = {"images": self.images, "seed": self.seed, "split": split, "dataset": dataset}
+        if self.corruptions_from is not None:
+            return {**key, "source": str(Path(self.corruptions_from).expanduser().resolve())}
+        return {**key, "source": "generated", "generator": GENERATOR, "frost": frost_source()}
 
 
 def _positive(value, name: str) -> int | None:
@@ -117,28 +143,34 @@ def choose_images(count: int, wanted: int | None, seed: int) -> torch.Tensor:
 
 
 def clean_pixels(loader, mean: list[float], std: list[float], chosen: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The chosen images of an evaluation loader (which keeps the split's order) as uint8
-    (N, C, H, W) on the CPU, with their targets: the loader's normalisation undone."""
+    (N, C, H, W) on the CPU, with their targets and their indices in the split: the loader's
+    normalisation undone. An image file that fails to decode is missing from what the loader
+    serves, and from what comes back; the indices are the split's, so the images after it
+    keep their own (and their corruption seeds)."""
     channels = len(mean)
     offset = torch.tensor(mean).view(1, channels, 1, 1) * 255
     scale = torch.tensor(std).view(1, channels, 1, 1) * 255
-    wanted = set(chosen.tolist())
+    if not len(chosen):
+        raise ReslabError("the split holds no images to corrupt")
+    wanted = torch.zeros(int(chosen.max()) + 1, dtype=torch.bool)
+    wanted[chosen] = True
     last = int(chosen[-1]) if len(chosen) else -1
-    images, targets, position = [], [], 0
-    for batch, labels in loader:
-        index = torch.arange(position, position + len(labels))
-        keep = torch.tensor([int(i) in wanted for i in index], dtype=torch.bool)
+    images, targets, indices = [], [], []
+    for batch, labels, index in loader.indexed():
+        index = index.cpu()
+        keep = (index < len(wanted)) & wanted[index.clamp(max=len(wanted) - 1)]
         if keep.any():
             pixels = batch.float().cpu()[keep] * scale + offset
             images.append(pixels.round().clamp(0, 255).to(torch.uint8).contiguous())
             targets.append(labels.cpu()[keep])
-        position += len(labels)
-        if position > last:
+            indices.append(index[keep])
+        if len(index) and int(index.max()) >= last:
             break
     if not images:
         raise ReslabError("the split holds no images to corrupt")
-    return torch.cat(images), torch.cat(targets)
+    return torch.cat(images), torch.cat(targets), torch.cat(indices)
 
 
 class _Clock:
@@ -174,21 +206,26 @@ def _batches(images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor,
 def corruption_errors(loaded: LoadedCheckpoint, settings: RobustnessSettings, split: str = "test",
                       cells: list[tuple[str, int]] | None = None) -> dict:
     """Error and ECE of ``loaded`` on the clean and the corrupted images of ``split``, for
-    ``cells`` (corruption, severity) (default: every pair of the settings)."""
+    ``cells`` (corruption, severity) (default: every pair of the settings): corrupted on the
+    fly, or read from the published set in ``settings.corruptions_from``."""
     if loaded.task.multi_label:
         raise ReslabError("corruption robustness is measured by top-1 error: a single-label checkpoint is needed")
     loader = loaded.loader(split)
     chosen = choose_images(len(loader.images), settings.images, settings.seed)
-    images, targets = clean_pixels(loader, loaded.meta["mean"], loaded.meta["std"], chosen)
-    chosen = chosen[: len(images)]
+    images, targets, chosen = clean_pixels(loader, loaded.meta["mean"], loaded.meta["std"], chosen)
     normalize = Normalizer(loaded.meta["mean"], loaded.meta["std"], loaded.device)
     batch_size = loaded.config.train.eval_batch_size
+    channels_last = loaded.config.train.channels_last
     clock = _Clock(loaded.device)
     cells = cells if cells is not None else [(n, s) for n in settings.corruptions for s in settings.severities]
+    published = _published_set(loaded, settings, cells, images) if settings.corruptions_from is not None else None
 
     def measure(name: str | None, severity: int) -> dict:
-        batches = _batches(images, targets, chosen, name, severity, settings.seed, normalize,
-                           loaded.config.train.channels_last, batch_size, clock)
+        if name is not None and published is not None:
+            batches = published.batches(name, severity, targets, split, clock, normalize, channels_last, batch_size)
+        else:
+            batches = _batches(images, targets, chosen, name, severity, settings.seed, normalize, channels_last,
+                               batch_size, clock)
         logits, truth = predict(loaded.network, batches, loaded.device, loaded.precision,
                                 flip=loaded.config.train.tta)
         error = float((logits.argmax(1) != truth).float().mean())
@@ -208,11 +245,80 @@ def corruption_errors(loaded: LoadedCheckpoint, settings: RobustnessSettings, sp
         logger.info("%s: %s error (%%) at severities %s: %s (%.1f s)", loaded.meta["model"], name,
                     ",".join(errors[name]), shown, time.perf_counter() - began)
     total = time.perf_counter() - started
-    corrupted = len(images) * sum(1 for _ in cells)
-    return {"images": len(images), "clean": clean, "errors": errors, "ece": ece,
+    corrupted = (published.count if published is not None else len(images)) * sum(1 for _ in cells)
+    if published is not None:
+        source = {"source": f"{published.set.layout} in {published.set.root}"}
+    else:
+        source = {"source": "generated", "parameters": parameter_table(*images.shape[-2:]).name,
+                  "frost": frost_source()}
+    return {"images": len(images), "clean": clean, "errors": errors, "ece": ece, **source,
             "seconds": {"total": total, "corruption": clock.seconds, "inference": total - clock.seconds,
                         "corrupted_images": corrupted,
                         "corruption_images_per_second": corrupted / clock.seconds if clock.seconds else None}}
+
+
+class _PublishedBatches:
+    """Batches of a published corrupted set's cells, read and normalised as the clean images are."""
+
+    def __init__(self, corrupted: CorruptedSet, settings: RobustnessSettings, class_index: dict | None,
+                 size: tuple[int, int], clean_count: int):
+        self.set, self.settings, self.class_index, self.size = corrupted, settings, class_index, size
+        self.clean_count = clean_count
+        self.count = 0
+
+    def batches(self, name: str, severity: int, clean_targets: torch.Tensor, split: str, clock: _Clock,
+                normalize: Normalizer, channels_last: bool, batch_size: int):
+        cell = self.set.cell(name, severity, self.class_index)
+        chosen = choose_images(len(cell), self.settings.images, self.settings.seed)
+        self.count = len(chosen)
+        labels = torch.from_numpy(cell.labels[chosen.numpy()].astype("int64"))
+        if (self.set.layout == "CIFAR-C .npy files" and len(cell) == self.clean_count
+                and not torch.equal(labels, clean_targets.cpu())):
+            raise ReslabError(f"the labels in {self.set.root / 'labels.npy'} are not those of the {split} split: the "
+                              "files are another dataset's (CIFAR-100-C for a CIFAR-10 run?)")
+        for pixels, labels in _timed(cell.batches(chosen, batch_size), clock):
+            pixels = pixels.to(clock.device, non_blocking=True)
+            batch = normalize(pixels)
+            if tuple(batch.shape[-2:]) != self.size:  # as the loader resizes (after normalising)
+                batch = F.interpolate(batch, size=self.size, mode="bilinear", align_corners=False)
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            yield batch, labels.to(clock.device)
+
+
+def _timed(batches, clock: _Clock):
+    """``batches``, the time spent reading them added to ``clock``."""
+    iterator = iter(batches)
+    while True:
+        started = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        clock.seconds += time.perf_counter() - started
+        yield item
+
+
+def _published_set(loaded: LoadedCheckpoint, settings: RobustnessSettings, cells: list[tuple[str, int]],
+                   images: torch.Tensor) -> _PublishedBatches:
+    """The published corrupted set of ``settings.corruptions_from``, checked against the checkpoint."""
+    size = tuple(images.shape[-2:])
+    corrupted = open_corrupted_set(settings.corruptions_from, image_size=size[0])
+    corrupted.check([n for n, _ in cells], sorted({s for _, s in cells}))
+    if images.shape[1] != 3:
+        raise ReslabError(f"{loaded.meta['model']} takes {images.shape[1]}-channel images; the published corrupted "
+                          "sets are colour images")
+    class_index = None
+    if corrupted.layout == "ImageNet-C folders":
+        classes = [str(c) for c in loaded.meta.get("classes") or []]
+        folder = corrupted.root / cells[0][0] / str(cells[0][1])
+        present = {p.name for p in folder.iterdir() if p.is_dir()}
+        if present and present <= set(classes):
+            class_index = {name: k for k, name in enumerate(classes)}
+        else:
+            logger.warning("%s: its class folders are not the checkpoint's class names; they are numbered in sorted "
+                           "order", folder)
+    return _PublishedBatches(corrupted, settings, class_index, size, len(images))
 
 
 def robustness_of_checkpoint(checkpoint: Path | str, settings: RobustnessSettings, split: str = "test",
@@ -268,6 +374,7 @@ def _merge(cached: dict, fresh: dict) -> dict:
             merged[table].setdefault(name, {}).update(values)
     merged["images"], merged["clean"] = fresh["images"], fresh["clean"]
     merged["seconds"] = fresh["seconds"]
+    merged.update({key: fresh[key] for key in ("source", "parameters", "frost") if key in fresh})
     return merged
 
 
@@ -337,6 +444,7 @@ def robustness_table(result: dict, summary: dict) -> str:
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", f"{result['model']} on {result['dataset']} ({result['split']} split, {result['images']:,} images, "
                   f"corruption seed {result['settings']['seed']}), error in %:", "",
+              f"- corrupted images: {_source(result)}",
               f"- clean error: {100 * summary['clean_error']:.2f}",
               f"- mean corruption error (unnormalised: the mean over types and severities): "
               f"{100 * summary['mean_corruption_error']:.2f}"]
@@ -346,6 +454,18 @@ def robustness_table(result: dict, summary: dict) -> str:
     else:
         lines.append("- mCE and relative mCE need a baseline (--baseline RUN); the paper normalises by AlexNet's")
     return "\n".join(lines)
+
+
+def _source(result: dict) -> str:
+    """Where the corrupted images came from, and which frost they hold."""
+    source = result.get("source", "generated")
+    if source != "generated":
+        return f"read from the published files ({source})"
+    parameters = result.get("parameters")
+    text = "generated on the fly" + (f" with {parameters}'s published parameters" if parameters else "")
+    if "frost" in result.get("errors", {}):
+        text += f"; frost: {result.get('frost', 'unknown')}"
+    return text
 
 
 def _percent(value: float | None) -> str:

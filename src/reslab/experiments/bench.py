@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..device import resolve_device
 from ..errors import ReslabError
 from ..models import create_model
 from ..models.summary import count_macs, count_parameters
-from ..device import resolve_device
 from ..precision import autocast
 from ..runfs import atomic_write_json
 from ..train.step import train_step
@@ -137,8 +137,9 @@ def _status_kb(key: str) -> int | None:
 # ---------------------------------------------------------------- timing
 
 
-def _time(step, repeats: int, warmup: int, device: torch.device) -> float:
-    """The median seconds of ``step()`` over ``repeats`` calls, after ``warmup`` untimed ones."""
+def median_seconds(step, repeats: int, warmup: int, device: torch.device) -> float:
+    """The median seconds of ``step()`` over ``repeats`` calls, after ``warmup`` untimed ones
+    (also the timing of ``reslab bench RUN``'s inference engines)."""
     for _ in range(warmup):
         step()
     _sync(device)
@@ -174,7 +175,7 @@ def bench_one(model_name: str, batch_size: int, input_size: tuple[int, int, int]
 
     model.train()
     with PeakMemory(device) as train_memory:
-        train_seconds = _time(step, repeats, warmup, device)
+        train_seconds = median_seconds(step, repeats, warmup, device)
     optimizer.state.clear()  # free the momentum buffers before measuring inference
     for parameter in model.parameters():
         parameter.grad = None
@@ -186,7 +187,7 @@ def bench_one(model_name: str, batch_size: int, input_size: tuple[int, int, int]
 
     model.eval()
     with PeakMemory(device) as infer_memory:
-        infer_seconds = _time(infer_step, repeats, warmup, device)
+        infer_seconds = median_seconds(infer_step, repeats, warmup, device)
 
     return {
         "model": model_name, "device": str(device), "precision": precision, "batch_size": batch_size,
@@ -215,22 +216,46 @@ def run_bench(models: list[str], batch_sizes: list[int], input_sizes: list[tuple
     if threads is not None:
         torch.set_num_threads(threads)
     log = log or logger.info
-    load_before = _load_average()
+    load_before = load_average()
     results = []
     combos = [(m, b, s, p) for m in models for s in input_sizes for p in precisions for b in batch_sizes]
     for index, (model, batch, size, precision) in enumerate(combos, 1):
         log(f"bench {index}/{len(combos)}: {model} batch {batch} input {'x'.join(map(str, size))} {precision}")
         results.append(bench_one(model, batch, size, precision, torch_device, num_classes, warmup, repeats,
                                  channels_last))
-    info = {"reslab": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "device": str(torch_device), "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "load_average_before": load_before, "load_average_after": _load_average()}
-    if torch_device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(torch_device)
+    info = environment(torch_device, load_before)
     return {"environment": info, "memory_note": f"Peak memory: {PeakMemory.describe(torch_device)}; "
                                                 "see reslab.experiments.bench for what it counts.",
             "results": results}
+
+
+def environment(device: torch.device, load_before: float | None) -> dict:
+    """What the timings depend on: versions, processor and its flags, threads, the load."""
+    info = {"reslab": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_flags": cpu_flags(), "device": str(device), "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": load_average()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+# The x86 flags that pick PyTorch's and ONNX Runtime's CPU kernels: AVX2, AVX-512, native bf16
+# (AVX512_BF16, AMX), and the int8 dot products (VNNI) that int8 inference relies on.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """Those of ``CPU_FLAGS`` this processor has (read from /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in CPU_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
 
 
 def format_bench(bench: dict) -> str:
@@ -258,16 +283,21 @@ def format_bench(bench: dict) -> str:
 
 
 def busy_warning(bench: dict) -> str:
-    """A warning when other processes were using the CPUs while the bench ran."""
-    load = bench["environment"].get("load_average_before")
+    """A warning when other processes were using the CPUs before or while the bench ran: the
+    load before it, or the load after it less the bench's own threads (other jobs that start
+    mid-bench wreck PyTorch's OpenMP timings as much as those running before)."""
+    env = bench["environment"]
+    before, after, threads = env.get("load_average_before"), env.get("load_average_after"), env.get("threads") or 1
+    others = [value for value in (before, None if after is None else after - threads) if value is not None]
+    load = max(others, default=None)
     if load is None or load < 1.0:
         return ""
-    return (f"warning: other processes were running (1-minute load average {load:.1f} before the bench, "
-            f"{bench['environment'].get('cpus')} CPUs): CPU timings are unreliable; with fewer free cores than "
-            "threads, try --threads 1")
+    advice = "; with fewer free cores than threads, try --threads 1" if threads != 1 else ""
+    return (f"warning: other processes were running (1-minute load average of others about {load:.1f}, "
+            f"{env.get('cpus')} CPUs): CPU timings are unreliable{advice}")
 
 
-def _load_average() -> float | None:
+def load_average() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)
     except (OSError, AttributeError):

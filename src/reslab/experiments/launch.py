@@ -33,15 +33,16 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..errors import ReslabError
 from ..extras import missing_extra
-from ..runfs import atomic_write_json
+from ..runfs import atomic_write_json, read_capped
 
 if TYPE_CHECKING:
     from .jobs import ReslabJob
@@ -58,6 +59,7 @@ LOG_TAIL_LINES = 8
 JOB_IDS = {"local": re.compile(r"[1-9][0-9]{0,8}"),  # the controller's process id (0 would be our group)
            "slurm": re.compile(r"[0-9]+(?:_[0-9]+)?")}  # SLURM's job id, with its index in an array
 FOLDER_NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]*")  # a submission's folder, inside jobs/
+MAX_RECORD_BYTES = 16 << 20  # jobs.json holds a few hundred bytes per job
 
 
 # ---------------------------------------------------------------- what a launcher is asked for
@@ -249,11 +251,13 @@ def read_records(folder: Path) -> dict:
     path = Path(folder) / "jobs.json"
     if not path.is_file():
         return {}
+    raw = read_capped(path, "jobs file", MAX_RECORD_BYTES)  # a huge file is refused unread
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReslabError(f"{path} is not readable JSON ({str(exc)[:100]}); move it away to start the jobs "
-                          "afresh (run folders are kept)") from None
+        data = json.loads(raw.decode())
+    except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, bad UTF-8, huge integers
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
+        raise ReslabError(f"{path} is not readable JSON ({reason}); move it away to start the jobs afresh (run "
+                          "folders are kept)") from None
     records = data.get("jobs", {}) if isinstance(data, dict) else None
     if not isinstance(records, dict):
         raise ReslabError(f"{path} is not a reslab jobs file (no jobs mapping); move it away to start the jobs "
@@ -364,14 +368,18 @@ def _job_state(name: str, record: dict, folder: Path, states: dict[str, str]) ->
 def _process_record(folder: Path, name: str) -> dict:
     """The job's own ``<name>.process.json`` (jobs.py), or {}."""
     try:
-        data = json.loads((Path(folder) / f"{name}.process.json").read_text())
-    except (OSError, ValueError):
+        raw = read_capped(Path(folder) / f"{name}.process.json", "job record", MAX_RECORD_BYTES)
+        data = json.loads(raw.decode())
+    except (ReslabError, ValueError, RecursionError):  # missing, huge or damaged: no record
         return {}
     return data if isinstance(data, dict) else {}
 
 
 def _host(folder: Path, name: str) -> str:
-    return str(_process_record(folder, name).get("host") or "")
+    """The host a job's record names, printable (a record from someone else's folder must not
+    drive the terminal)."""
+    host = _process_record(folder, name).get("host")
+    return "".join(c if c.isprintable() else "?" for c in host[:100]) if isinstance(host, str) else ""
 
 
 def _ending(folder: Path, name: str, record: dict) -> dict | None:

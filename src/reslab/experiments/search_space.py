@@ -42,6 +42,16 @@ class Parameter:
             return IntDistribution(int(low), int(high), log=log)
         return FloatDistribution(float(low), float(high), log=log)
 
+    def suggest(self, trial):
+        """The trial's value, asked of Optuna inside an objective (a queued trial keeps its own)."""
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.key, self.values)
+        low, high = self.values
+        log = self.kind.endswith("log_uniform")
+        if self.kind.startswith("int_"):
+            return trial.suggest_int(self.key, int(low), int(high), log=log)
+        return trial.suggest_float(self.key, float(low), float(high), log=log)
+
     def contains(self, value) -> bool:
         if self.kind == "choice":
             return any(value == choice and type(value) is type(choice) or _close(value, choice)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -118,10 +119,16 @@ def study_from_dict(data: dict, default_name: str = "study", overrides: list[str
         raise ReslabError(f"unknown study key {unknown[0]!r}; a study has {', '.join(STUDY_KEYS)}")
     if not data.get("models"):
         raise ReslabError("a study needs models: a list of model names (e.g. [resnet20, plain20])")
+    for key in ("name", "recipe", "out"):  # a number is a name (name: 2024), never a recipe or a folder
+        value = data.get(key)
+        if value is not None and not isinstance(value, str) and not (key == "name" and type(value) is int):
+            raise ReslabError(f"study key {key!r} must be a text (a name or a path), not a {type(value).__name__}")
     name = str(data.get("name") or default_name)
     variants = data.get("variants") or {}
     if not isinstance(variants, dict) or not all(isinstance(v, (list, type(None))) for v in variants.values()):
         raise ReslabError("study key 'variants' must map a name to a list of section.key=value overrides")
+    if not isinstance(data.get("overrides") or [], list):
+        raise ReslabError("study key 'overrides' must be a list of section.key=value")
     return Study(
         models=_names(data["models"], "models"),
         recipe=data.get("recipe"),
@@ -129,7 +136,7 @@ def study_from_dict(data: dict, default_name: str = "study", overrides: list[str
         datasets=_names(data["datasets"], "datasets") if data.get("datasets") else [None],
         overrides=[str(o) for o in (data.get("overrides") or [])] + list(overrides or []),
         variants={str(k): [str(o) for o in (v or [])] for k, v in variants.items()},
-        out=Path(data.get("out") or Path("runs") / name),
+        out=_folder(Path(data.get("out") or Path("runs") / name)),
         name=name,
         launcher=data.get("launcher") or {},
         robustness=_robustness(data["robustness"]) if "robustness" in data else None,
@@ -170,8 +177,21 @@ def update_study(study: Study, models=None, seeds=None, datasets=None, recipe=No
     if recipe is not None:
         study.recipe = recipe
     if out is not None:
-        study.out = Path(out)
+        study.out = _folder(Path(out))
     return study
+
+
+def _folder(path: Path) -> Path:
+    """The study's folder, refused now if no filesystem could hold it (a NUL, a name over 255
+    bytes, a character the filesystem's encoding lacks)."""
+    try:
+        parts = [os.fsencode(part) for part in path.parts]
+    except UnicodeEncodeError:
+        parts = [b"\0"]
+    if any(b"\0" in part or len(part) > 255 for part in parts):
+        raise ReslabError(f"study folder {str(path)[:80]!r} is not a usable path (it holds a NUL, a character the "
+                          "filesystem cannot encode, or a name over 255 bytes); give another out: (or name:)")
+    return path
 
 
 def _robustness(section) -> dict:
@@ -209,12 +229,13 @@ def plan(study: Study) -> list[PlannedRun]:
         for variant, variant_overrides in variants:
             for model in study.models:
                 for seed in study.seeds:
-                    recipe = study.recipe.format(model=model, dataset=dataset or "") if study.recipe else None
+                    recipe = _recipe_for(study.recipe, model, dataset)
                     overrides = [*study.overrides, *variant_overrides, f"model.name={model}", f"train.seed={seed}"]
                     if dataset is not None:
                         overrides.append(f"data.name={dataset}")
                     config = load(recipe, overrides)
                     name = "-".join(p for p in (model, config.data.name, variant) if p) + f"-seed{seed}"
+                    _check_folder_name(name)
                     config.output.dir = str(study.out)
                     config.output.name = name
                     runs.append(PlannedRun(name, model, config.data.name, seed, variant, config, study.out / name))
@@ -223,6 +244,28 @@ def plan(study: Study) -> list[PlannedRun]:
     if duplicate:
         raise ReslabError(f"the study lists run {duplicate!r} twice; check models, seeds and variants")
     return runs
+
+
+def _recipe_for(recipe: str | None, model: str, dataset: str | None) -> str | None:
+    """The study's recipe with {model} and {dataset} filled in."""
+    if not recipe:
+        return None
+    try:
+        return recipe.format(model=model, dataset=dataset or "")
+    except (IndexError, KeyError, ValueError, AttributeError):
+        raise ReslabError(f"study key 'recipe' may hold {{model}} and {{dataset}} and no other braces, got "
+                          f"{recipe[:80]!r}") from None
+
+
+# A run folder's name (model, dataset, variant, seed): one folder inside the study's.
+MAX_RUN_NAME = 200
+
+
+def _check_folder_name(name: str) -> None:
+    if len(name) > MAX_RUN_NAME or not name.isprintable() or "/" in name or "\\" in name:
+        raise ReslabError(f"the study's run {name[:80]!r} cannot be a folder name inside the study: its model, "
+                          f"dataset and variant names must be printable, at most {MAX_RUN_NAME} characters together, "
+                          "without / or \\")
 
 
 def run_state(run_dir: Path) -> str:

@@ -1,5 +1,6 @@
-"""Export a checkpoint for use outside reslab: ONNX (any batch size) and TorchScript, each
-checked against PyTorch on fresh inputs, safetensors weights with a JSON of what is
+"""Export a checkpoint for use outside reslab: ONNX and a torch.export program (.pt2), both
+with any batch size, and TorchScript (which PyTorch deprecates), each checked against
+PyTorch on fresh inputs, safetensors weights with a JSON of what is
 needed to rebuild and feed the model (architecture, classes, image size, mean/std), and a
 folder in timm's and the Hugging Face hub's layout (model.safetensors + config.json)."""
 
@@ -10,9 +11,9 @@ import os
 import shutil
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -25,7 +26,15 @@ from ..runfs import is_run_folder, refuse_run_file
 from .predict import load_model
 
 # Each format's suffix for the default output name; "hub" writes a folder.
-EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors", "hub": "-hub"}
+EXPORT_FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt", "safetensors": ".safetensors", "hub": "-hub"}
+# What each format is, for the command line's help.
+FORMAT_HELP = {
+    "onnx": "ONNX, any batch size (ONNX Runtime and other runtimes)",
+    "pt2": "a torch.export program, any batch size: torch.export.load(path).module()",
+    "torchscript": "TorchScript, which PyTorch deprecates: prefer pt2",
+    "safetensors": "weights, with a JSON of what rebuilds and feeds the model",
+    "hub": "a folder in timm's and the Hugging Face hub's layout",
+}
 PARITY_TOLERANCE = 1e-4  # max abs difference of logits allowed between PyTorch and the export
 ONNX_OPSET = 18
 
@@ -82,7 +91,8 @@ def export_checkpoint(checkpoint: Path | str, format: str, output: Path | str | 
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ReslabError(f"cannot create the folder of {output}: {exc.strerror}") from None
-    exporter = {"onnx": export_onnx, "torchscript": export_torchscript, "safetensors": export_safetensors}[format]
+    exporter = {"onnx": export_onnx, "pt2": export_pt2, "torchscript": export_torchscript,
+                "safetensors": export_safetensors}[format]
     return exporter(model, meta, output)
 
 
@@ -178,6 +188,30 @@ def export_onnx(model: nn.Module, meta: dict, output: Path) -> ExportResult:
     return ExportResult(output, "onnx", difference)
 
 
+# ---------------------------------------------------------------- torch.export (.pt2)
+
+
+def export_pt2(model: nn.Module, meta: dict, output: Path) -> ExportResult:
+    """The graph torch.export captures, with a symbolic batch axis, saved by torch.export.save
+    (TorchScript's successor); the metadata travels inside as the extra file reslab.json."""
+
+    def write(path: Path) -> None:
+        program = torch.export.export(model, (example_inputs(meta, 2, 0),),
+                                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+        # Through file objects: given a path, torch.export wants it to end in .pt2, which the
+        # staging file beside the output does not.
+        with open(path, "wb") as file:
+            torch.export.save(program, file, extra_files={"reslab.json": json.dumps(export_metadata(meta))})
+
+    def check(path: Path) -> float:
+        with open(path, "rb") as file:
+            loaded = torch.export.load(file).module()
+        return check_parity(_torch_reference(model), _torch_reference(loaded), meta, "the torch.export program")
+
+    difference = _finish(_staged(output, write), output, check)
+    return ExportResult(output, "pt2", difference)
+
+
 # ---------------------------------------------------------------- TorchScript
 
 
@@ -198,7 +232,8 @@ def export_torchscript(model: nn.Module, meta: dict, output: Path) -> ExportResu
         return check_parity(_torch_reference(model), _torch_reference(loaded), meta, "the TorchScript model")
 
     difference = _finish(_staged(output, write), output, check)
-    return ExportResult(output, "torchscript", difference)
+    return ExportResult(output, "torchscript", difference,
+                        notes=["note: PyTorch deprecates TorchScript; --format pt2 (torch.export) is its successor"])
 
 
 # ---------------------------------------------------------------- safetensors

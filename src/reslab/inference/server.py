@@ -144,6 +144,9 @@ class _DeadlineReader(io.RawIOBase):
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "reslab"
+    # A request line too malformed to name its version is answered with a status line too,
+    # not HTTP/0.9's bare body (the standard library's default).
+    default_request_version = "HTTP/1.0"
     timeout = 30  # seconds a client may stall mid-request before its connection is dropped
     service: ModelService  # set on the subclass made per server
     quiet = False

@@ -4,13 +4,26 @@ compared runs by ``reslab.experiments.compare``."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
 from ..figures import new_figure, save_figure
 
-
 # One colour per kind of net, the same in every study figure.
 FAMILY_COLOURS = {"plain": "tab:red", "residual": "tab:blue"}
+
+# A figure's name holds a slug of a dataset, variant or run name; longer ones are cut (and told
+# apart by a digest), so that a name read from a study's files always fits the filesystem's 255.
+MAX_SLUG = 80
+
+
+def slug(text: str) -> str:
+    """``text`` as part of a file name: letters, digits, ``_.-``, at most MAX_SLUG characters."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+    if len(cleaned) <= MAX_SLUG:
+        return cleaned
+    return f"{cleaned[:MAX_SLUG - 9]}-{hashlib.sha256(text.encode(errors='surrogatepass')).hexdigest()[:8]}"
 
 
 def plot_against_depth(lines: list[dict], path: Path, ylabel: str, title: str = "") -> None:

@@ -18,6 +18,7 @@ import csv
 import html
 import io
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,11 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ReslabError
-from ..config import read_yaml_file
-from ..runfs import atomic_write_json, atomic_write_text, read_json
 from ..experiments.bench import busy_warning
-from ..train.run_folder import load_result
+from ..runfs import atomic_write_json, atomic_write_text, read_json
+from ..train.run_folder import load_result, read_run_yaml
 from .paper import paper_error
+from .plots import slug as _slug
 from .robustness import robustness_section
 
 # Figures averaged over the seeds of one net; error and training error are derived from
@@ -99,11 +100,8 @@ def read_run(run_dir: Path) -> Run:
     if problem:
         raise ReslabError(f"{Path(run_dir) / 'metrics.json'} is damaged: {problem}; the run's checkpoints can be "
                           "evaluated again with reslab evaluate")
-    config_path = Path(run_dir) / "config.yaml"
-    config = read_yaml_file(config_path, "run config") if config_path.is_file() else {}
-    if not isinstance(config, dict | None) or any(not isinstance(v, dict) for v in (config or {}).values()):
-        raise ReslabError(f"run config {config_path} is damaged: a mapping of sections was expected")
-    return Run(Path(run_dir), result.metrics, result.history, config or {}, _variant(Path(run_dir)))
+    config = read_run_yaml(run_dir) if (Path(run_dir) / "config.yaml").is_file() else {}
+    return Run(Path(run_dir), result.metrics, result.history, config, _variant(Path(run_dir)))
 
 
 # What the report reads of a run's metrics.json (train/loop.py's finish writes it).
@@ -113,38 +111,57 @@ OPTIONAL_NUMBERS = ("epochs", "best_epoch", "train_seconds", "images_per_second"
                     "peak_memory_mb")
 TEST_NUMBERS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
 OPTIONAL_TEST_NUMBERS = ("samples", "ece", "nll", "brier")
+MAX_NAME = 200  # a run folder's name holds the model's, the dataset's and the variant's
 
 
 def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A figure as reslab writes it: finite, and (an integer) within 64 bits, so that NumPy,
+    matplotlib and float() take it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) < 2**63 if isinstance(value, int) else math.isfinite(value)
+
+
+def _name(value, longest: int = MAX_NAME) -> bool:
+    """A model, dataset, variant or class name as reslab writes it: printable, and short (a
+    study's files name folders, figures and their titles after it)."""
+    return isinstance(value, str) and 0 < len(value) <= longest and value.isprintable()
+
+
+def _nonnegative(value) -> bool:
+    return _number(value) and value >= 0
+
+
+def _fraction(value) -> bool:
+    return _number(value) and -1e-9 <= value <= 1 + 1e-9  # the 1e-9: rounding in a mean of fractions
 
 
 def metrics_problem(metrics: dict) -> str | None:
     """Why a run's metrics (a mapping with a ``test`` mapping, as ``load_result`` checks)
     cannot be reported, or None: each figure the report reads, of the type it reads."""
     test = metrics["test"]
-    wrong = ([f"'{key}' is not a name" for key in NAMES if not isinstance(metrics.get(key), str)]
-             + [f"'{key}' is not a number" for key in NUMBERS if not _number(metrics.get(key))]
-             + [f"'{key}' is not a number" for key in OPTIONAL_NUMBERS
-                if metrics.get(key) is not None and not _number(metrics[key])]
-             + [f"'test.{key}' is not a number" for key in TEST_NUMBERS if not _number(test.get(key))]
-             + [f"'test.{key}' is not a number" for key in OPTIONAL_TEST_NUMBERS
-                if test.get(key) is not None and not _number(test[key])])
+    wrong = ([f"'{key}' is not a name" for key in NAMES if not _name(metrics.get(key))]
+             + [f"'{key}' is not a number (at least 0)" for key in NUMBERS if not _nonnegative(metrics.get(key))]
+             + [f"'{key}' is not a number (at least 0)" for key in OPTIONAL_NUMBERS
+                if metrics.get(key) is not None and not _nonnegative(metrics[key])]
+             + [f"'test.{key}' is not a number (a fraction)" for key in TEST_NUMBERS if not _fraction(test.get(key))]
+             + [f"'test.{key}' is not a number (at least 0)" for key in OPTIONAL_TEST_NUMBERS
+                if test.get(key) is not None and not _nonnegative(test[key])])
     if wrong:
         return wrong[0]
     per_class = test.get("per_class")
     if not (isinstance(per_class, list) and per_class and all(
-            isinstance(c, dict) and isinstance(c.get("class"), str) and _number(c.get("f1")) for c in per_class)):
+            isinstance(c, dict) and _name(c.get("class"), 255) and _fraction(c.get("f1")) for c in per_class)):
         return "'test.per_class' is not a list of classes with their F1"
     matrix, size = test.get("confusion_matrix"), len(per_class)
     if matrix is not None and not (isinstance(matrix, list) and len(matrix) == size and all(
-            isinstance(row, list) and len(row) == size and all(_number(v) for v in row) for row in matrix)):
+            isinstance(row, list) and len(row) == size and all(_nonnegative(v) for v in row) for row in matrix)):
         return f"'test.confusion_matrix' is not {size} rows of {size} counts"
     reliability = test.get("reliability")
-    if reliability is not None and not (isinstance(reliability, dict) and _number(reliability.get("bins")) and all(
+    if reliability is not None and not (isinstance(reliability, dict) and _nonnegative(reliability.get("bins")) and all(
             isinstance(reliability.get(key), list) and len(reliability[key]) == reliability["bins"]
             for key in ("count", "confidence", "accuracy"))
-            and all(_number(v) for v in reliability["count"])
+            and all(_nonnegative(v) for v in reliability["count"])
             and all(v is None or _number(v) for key in ("confidence", "accuracy") for v in reliability[key])):
         return "'test.reliability' is not the bins of a reliability diagram"
     return None
@@ -170,9 +187,12 @@ def study_entries(manifest: Path) -> list[dict]:
         raise ReslabError(f"study manifest {manifest} is damaged: 'runs' must be a list of objects with a name")
     for entry in runs:
         name = entry["name"]
-        if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        if not _name(name, 255) or name in (".", "..") or "/" in name or "\\" in name:
             raise ReslabError(f"study manifest {manifest} names run {name[:80]!r}, which is not a folder inside "
                               "the study; reslab reads only the study's own runs")
+        if entry.get("variant") is not None and not _name(entry["variant"]):
+            raise ReslabError(f"study manifest {manifest} is damaged: the variant of run {name[:80]!r} is not a "
+                              f"printable name of at most {MAX_NAME} characters")
     return runs
 
 
@@ -462,10 +482,6 @@ def _mean_history(histories: list[list[dict]]) -> list[dict]:
             row[key] = float(np.mean(values)) if all(v is not None for v in values) else None
         mean.append(row)
     return mean
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
 def make_figures(runs: list[Run], rows: list[dict], summary: list[dict], folder: Path) -> dict[str, list[tuple]]:

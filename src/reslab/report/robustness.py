@@ -15,7 +15,6 @@ accuracies, sqrt(sum_m n_m acc_m (1 - acc_m)) / n, a first-order estimate.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from ..evaluate.calibration import CALIBRATION_FILE, plot_reliability, temperatu
 from ..evaluate.robustness import RESULTS_FILE, plot_heatmap, summarise
 from ..runfs import read_json
 from .plots import FAMILY_COLOURS, plot_against_depth
+from .plots import slug as _slug
 
 SUMMED = ("clean_error", "mean_corruption_error", "mce", "relative_mce", "ece", "ece_calibrated", "nll", "brier",
           "corruption_ece")
@@ -303,10 +303,6 @@ def _note(baseline: str | None, images: list, types: int, severities: list[int])
         text += (" No baseline was named (robustness: baseline:), so the corruption error is not normalised: the "
                  "paper's mCE divides by AlexNet's errors.")
     return text
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
 def _figures(nets: list[dict], folder: Path) -> list[tuple[Path, str]]:

@@ -1,7 +1,8 @@
-"""A tuning study's report: the best configuration against the base recipe's, the table of
-trials, and Optuna's optimisation history, parameter importances and per-epoch values
-(its matplotlib plots), in ``<out>/report/``: report.md, report.html (self-contained) and
-figures/.
+"""A tuning study's outcome: the study's trials as a table (summarize), the files in the
+tune folder (best.yaml, trials.csv, trials.md, tune.json), and the report in
+``<out>/report/``: the best configuration against the base recipe's, the table of trials,
+and Optuna's optimisation history, parameter importances and per-epoch values (its
+matplotlib plots), as report.md, report.html (self-contained) and figures/.
 
 Optuna draws with pyplot and a style sheet of its own: each plot is drawn inside
 ``matplotlib.rc_context`` and its figure closed once saved, so pyplot's state and the
@@ -10,18 +11,177 @@ process's style are as they were.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import warnings
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import yaml
+
+from ..config import RunConfig
 from ..errors import ReslabError
-from ..experiments.tune import TuneSummary, load_study, redact, trials_table
+from ..experiments.tune import (
+    Ledger,
+    TuneSettings,
+    first_attempt,
+    load_study,
+    params_text,
+    redact,
+    retry_history,
+    trial_config,
+)
 from ..figures import save_figure
-from ..runfs import atomic_write_text
+from ..runfs import atomic_write_json, atomic_write_text
 from .report import _html, _markdown
 
 logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- the study's trials
+
+
+@dataclass
+class TuneSummary:
+    settings: TuneSettings
+    rows: list[dict]  # one per trial, in order
+    best: dict | None
+    baseline: dict | None
+    counts: dict[str, int]
+    finished: int
+
+    @property
+    def done(self) -> bool:
+        return self.finished >= self.settings.trials
+
+
+def summarize(settings: TuneSettings, study=None) -> TuneSummary:
+    """The study's trials as a table, its best and baseline trials."""
+    study = study or load_study(settings)
+    trials = study.get_trials(deepcopy=False)
+    ledger = Ledger(trials)
+    retried_as = {retry_history(t)[-1]: t.number for t in trials if retry_history(t)}
+    rows = [_trial_row(t, settings, retried_as) for t in trials]
+    complete = [row for row in rows if row["state"] == "complete"]
+    best = None
+    if complete:
+        pick = min if settings.direction == "minimize" else max
+        best = pick(complete, key=lambda row: (row["value"], -row["trial"] if pick is max else row["trial"]))
+    baseline = next((row for row in rows if row["baseline"] and row["state"] == "complete"), None)
+    counts = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    return TuneSummary(settings, rows, best, baseline, counts, ledger.finished)
+
+
+def _trial_row(trial, settings: TuneSettings, retried_as: dict[int, int]) -> dict:
+    state = {"fail": "failed"}.get(trial.state.name.lower(), trial.state.name.lower())
+    if trial.user_attrs.get("surplus"):
+        state, note = "unused", "not run: the budget was full"
+    elif trial.number in retried_as:
+        state, note = "stopped", f"stopped; resumed as trial {retried_as[trial.number]}"
+    elif first_attempt(trial) is not None:
+        note = f"resumes trial {first_attempt(trial)}"
+        if trial.user_attrs.get("resumed_after_epoch"):
+            note += f" after epoch {trial.user_attrs['resumed_after_epoch']}"
+    elif trial.user_attrs.get("error"):
+        note = trial.user_attrs["error"].splitlines()[0][:160]
+    elif state == "pruned" and trial.intermediate_values:
+        note = f"pruned after epoch {max(trial.intermediate_values)}"
+    else:
+        note = ""
+    if trial.user_attrs.get("baseline"):
+        note = "the recipe's values" + (f"; {note}" if note else "")
+    value = trial.value if state == "complete" else (
+        trial.intermediate_values[max(trial.intermediate_values)] if state == "pruned" and trial.intermediate_values
+        else None)
+    return {"trial": trial.number, "state": state, "value": value, "epochs": trial.user_attrs.get("epochs"),
+            "params": dict(trial.params), "baseline": bool(trial.user_attrs.get("baseline")), "note": note,
+            "run_dir": trial.user_attrs.get("run_dir"), "seconds": trial.user_attrs.get("seconds"),
+            "worker": trial.user_attrs.get("worker")}
+
+
+def trials_table(summary: TuneSummary) -> tuple[list[str], list[list[str]]]:
+    keys = [p.key for p in summary.settings.space]
+    headers = ["trial", "state", summary.settings.metric, "epochs", *keys, "note"]
+    body = []
+    for row in summary.rows:
+        body.append([str(row["trial"]), row["state"], "–" if row["value"] is None else f"{row['value']:.4f}",
+                     "–" if row["epochs"] is None else str(row["epochs"]),
+                     *[_cell(row["params"].get(k)) for k in keys], row["note"]])
+    return headers, body
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def trials_markdown(summary: TuneSummary) -> str:
+    headers, body = trials_table(summary)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" if i in (1, len(headers) - 1) else "---:"
+                                                            for i in range(len(headers))) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the tune folder's files
+
+
+def best_recipe(summary: TuneSummary) -> dict:
+    """The best trial's config as a recipe: the base recipe, the overrides and the best
+    values, with the output folder left to whoever trains it."""
+    config = trial_config(summary.settings, summary.best["params"], Path("runs") / "x")
+    config.output.dir = RunConfig().output.dir
+    config.output.name = None
+    return config.to_dict()
+
+
+def write_outputs(summary: TuneSummary) -> dict[str, Path]:
+    """best.yaml (a recipe: ``reslab train --config <out>/best.yaml``), trials.csv,
+    trials.md and tune.json in the tune folder."""
+    settings, out = summary.settings, summary.settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    if summary.best is not None:
+        best = summary.best
+        baseline = summary.baseline
+        header = [f"reslab tune: the best of {summary.finished} finished trials of study {settings.name!r}: trial "
+                  f"{best['trial']}, {settings.metric} {best['value']:.4f}"
+                  + (f" (the base recipe's values, trial {baseline['trial']}: {baseline['value']:.4f})"
+                     if baseline else ""),
+                  f"base: {settings.recipe or 'defaults'}" + (f" with {' '.join(settings.overrides)}"
+                                                              if settings.overrides else ""),
+                  f"tuned: {params_text(best['params'])}",
+                  f"train it: reslab train --config {out / 'best.yaml'}"]
+        text = "".join(f"# {line}\n" for line in header) + yaml.safe_dump(best_recipe(summary), sort_keys=False)
+        atomic_write_text(out / "best.yaml", text)
+        written["best"] = out / "best.yaml"
+    keys = [p.key for p in settings.space]
+    fields = ["trial", "state", settings.metric, "epochs", *keys, "note", "seconds", "worker", "run_dir"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for row in summary.rows:
+        writer.writerow({"trial": row["trial"], "state": row["state"], settings.metric: row["value"],
+                         "epochs": row["epochs"], **{k: row["params"].get(k) for k in keys}, "note": row["note"],
+                         "seconds": row["seconds"], "worker": row["worker"], "run_dir": row["run_dir"]})
+    atomic_write_text(out / "trials.csv", buffer.getvalue())
+    atomic_write_text(out / "trials.md", trials_markdown(summary) + "\n")
+    atomic_write_json(out / "tune.json", {
+        "study": settings.name, "storage": redact(settings.storage), "metric": settings.metric,
+        "direction": settings.direction, "budget": settings.trials, "finished": summary.finished,
+        "counts": summary.counts, "recipe": settings.recipe, "overrides": settings.overrides,
+        "space": {p.key: {p.kind: p.values} for p in settings.space}, "best": summary.best,
+        "baseline": summary.baseline, "trials": summary.rows})
+    written.update(csv=out / "trials.csv", markdown=out / "trials.md", json=out / "tune.json")
+    return written
+
+
+# ---------------------------------------------------------------- the report
 
 
 def build_tune_report(summary: TuneSummary, out: Path, study=None) -> Path:
@@ -55,8 +215,6 @@ def build_tune_report(summary: TuneSummary, out: Path, study=None) -> Path:
 def tune_text(summary: TuneSummary, best_file: Path | None, report: Path | None, shown: int = 20) -> str:
     """What the command line shows: the trials (the best ``shown`` when there are more),
     the best against the base recipe, and where the files are."""
-    from ..experiments.tune import trials_markdown
-
     lines = [trials_markdown(summary if len(summary.rows) <= shown else _best_rows(summary, shown)), ""]
     if len(summary.rows) > shown:
         lines += [f"(the best {shown} of {len(summary.rows)} trials; all in {summary.settings.out / 'trials.csv'})", ""]
@@ -130,7 +288,7 @@ def tune_figures(study, folder: Path, metric: str) -> tuple[list[tuple[Path, str
             warnings.simplefilter("ignore")  # Optuna's matplotlib plots are "experimental"
             try:
                 axes = plot(study, target_name=metric) if name != "epochs.png" else plot(study)
-            except Exception as exc:  # noqa: BLE001  (e.g. importances of parameters that never varied)
+            except Exception as exc:
                 notes.append(f"{caption.split(':')[0]}: not drawn ({str(exc).splitlines()[0][:120]}).")
                 continue
             figure = _figure_of(axes)
