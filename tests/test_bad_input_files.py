@@ -408,3 +408,20 @@ def test_every_cifar_archive_error_is_one_line(tmp_path, kind):
     with pytest.raises(ReslabError) as error:
         read_cifar(root, "cifar10", download=False)
     assert "\n" not in str(error.value), str(error.value)
+
+
+# ---------------------------------------------------------------- files of another kind
+
+
+@pytest.mark.parametrize("suffix, runner", [(".pt2", "torch.export.load"), (".onnx", "onnxruntime")])
+def test_an_export_given_as_a_checkpoint_names_what_runs_it(suffix, runner, tmp_path, capsys):
+    export = tmp_path / f"model{suffix}"
+    export.write_bytes(b"an exported program, not a checkpoint")
+    one_error_line(capsys, ["predict", str(export), str(tmp_path)], "is an export, not a checkpoint", runner)
+
+
+def test_an_engines_comparison_given_to_report_bench_is_named_as_such(finished_run, tmp_path, capsys):
+    engines = tmp_path / "engines.json"
+    engines.write_text(json.dumps({"kind": "inference-engines", "rows": []}))
+    one_error_line(capsys, ["report", str(finished_run), "--out", str(tmp_path / "report"), "--bench", str(engines)],
+                   "compares inference engines", "reslab bench MODEL")

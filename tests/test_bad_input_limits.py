@@ -282,3 +282,36 @@ def test_an_image_size_the_family_takes_passes_the_check():
 
     config = load("demo-digits", ["model.name=resnet8", "data.image_size=512"])
     check_image_size(config)
+
+
+# ---------------------------------------------------------------- corruption seeds and severities
+
+
+@pytest.mark.parametrize("seed", [str(2**70), "-1"])
+def test_a_corruption_seed_outside_64_bits_is_one_line_before_the_run_loads(seed, tmp_path, capsys):
+    line = assert_one_error_line(*run_cli(capsys, "evaluate", tmp_path / "no-run", "--corruptions", "fog",
+                                          "--corruption-seed", seed), "seed")
+    assert "2**63-1" in line
+
+
+@pytest.mark.parametrize("severities", ["1-100000000000", "0-3", "4-2", f"1-{HUGE}"])
+def test_severities_out_of_bounds_are_refused_before_any_range_is_built(severities, tmp_path, capsys):
+    # 1-100000000000 once built a range of 10^11 severities (22 GB) before checking the bounds
+    assert_one_error_line(*run_cli(capsys, "evaluate", tmp_path / "no-run", "--corruptions", "fog",
+                                   "--severities", severities), "severities")
+
+
+def test_validation_outputs_that_turn_nan_end_training_in_one_line(tmp_path, capsys, monkeypatch):
+    import torch
+
+    import reslab.train.loop as loop
+
+    real_predict = loop.predict
+
+    def diverged(*args, **kwargs):  # what a run whose weights blew up hands to the metrics
+        logits, targets = real_predict(*args, **kwargs)
+        return torch.full_like(logits, float("nan")), targets
+
+    monkeypatch.setattr(loop, "predict", diverged)
+    line = assert_one_error_line(*run_cli(capsys, "train", *TINY_RUN, f"output.dir={tmp_path}"), "diverged")
+    assert "optim.lr" in line

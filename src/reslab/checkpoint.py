@@ -21,12 +21,20 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda handle: torch.save(state, handle))
 
 
+# What runs each export format that reslab writes but does not read back as a checkpoint.
+EXPORT_RUNNERS = {".onnx": "run an .onnx with onnxruntime (reslab bench RUN compares it)",
+                  ".pt2": "run a .pt2 with torch.export.load(path).module()"}
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = best_or_last(path)
     if not path.is_file():
         raise ReslabError(f"checkpoint {path} does not exist")
+    if path.suffix.lower() in EXPORT_RUNNERS:
+        raise ReslabError(f"{path} is an export, not a checkpoint: give the run folder, its .pt checkpoint or a hub "
+                          f"folder; {EXPORT_RUNNERS[path.suffix.lower()]}")
     state = safe_torch_load(path, "checkpoint", map_location)
     if not isinstance(state, dict) or "model" not in state or "meta" not in state:
         raise ReslabError(f"{path} is not a reslab checkpoint (no 'model' and 'meta' entries)")

@@ -256,6 +256,8 @@ def severity_list(text: str) -> list[int]:
         for item in (part.strip() for part in str(text).split(",")):
             if "-" in item:
                 low, high = (int(v) for v in item.split("-", 1))
+                if not (SEVERITIES[0] <= low <= high <= SEVERITIES[-1]):  # bounds first: no huge range built
+                    raise ReslabError(f"severities are 1 to 5 (e.g. 1-5 or 1,3,5), got {text!r}")
                 found.update(range(low, high + 1))
             elif item:
                 found.add(int(item))

@@ -98,7 +98,7 @@ class RobustnessSettings:
             corruptions=corruption_names(",".join(corruptions) if isinstance(corruptions, list) else str(corruptions)),
             severities=severity_list(",".join(map(str, severities)) if isinstance(severities, list) else severities),
             images=_positive(data.get("images"), "images"),
-            seed=_integer(data.get("seed", 0), "seed"),
+            seed=_seed(data.get("seed", 0)),
             baseline=str(data["baseline"]) if data.get("baseline") is not None else None,
             corruptions_from=str(data["corruptions_from"]) if data.get("corruptions_from") is not None else None,
         )
@@ -120,6 +120,13 @@ def _positive(value, name: str) -> int | None:
     number = _integer(value, name)
     if number < 1:
         raise ReslabError(f"robustness {name} must be at least 1, got {value!r}")
+    return number
+
+
+def _seed(value) -> int:
+    number = _integer(value, "seed")
+    if not 0 <= number < 2**63:
+        raise ReslabError(f"robustness seed must be between 0 and 2**63-1, got {value!r}")
     return number
 
 

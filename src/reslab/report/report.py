@@ -757,6 +757,9 @@ def load_bench(path: str | Path) -> dict:
     if not Path(path).exists():
         raise ReslabError(f"bench file {path} does not exist; write one with reslab bench --json")
     data = read_json(Path(path), "bench file")
+    if isinstance(data, dict) and data.get("kind") == "inference-engines":
+        raise ReslabError(f"{path} compares inference engines (reslab bench RUN); --bench takes the model speeds "
+                          "that reslab bench MODEL... --json writes")
     if "results" not in data:
         raise ReslabError(f"{path} is not a reslab bench file (no results)")
     results, environment = data["results"], data.get("environment")

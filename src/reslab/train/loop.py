@@ -264,7 +264,13 @@ def validate_epoch(state: TrainState, row: dict, task: Task, bundle: DataBundle,
         return ("ema" if state.ema is not None else "live"), (row["train_accuracy"], -row["train_loss"])
     scores = {}
     for weights, network in _candidates(state).items():
-        val = task.metrics(*predict(network, bundle.val, device, config.train.precision, env, flip=config.train.tta))
+        logits, targets = predict(network, bundle.val, device, config.train.precision, env, flip=config.train.tta)
+        if not bool(torch.isfinite(logits).all()):
+            raise ReslabError(
+                f"the {'averaged' if weights == 'ema' else 'live'} weights' validation outputs became NaN or infinite "
+                f"in epoch {state.epoch + 1}; the training diverged. Try a lower optim.lr, a warm-up "
+                "(schedule.warmup=linear schedule.warmup_iters=500) or train.precision=fp32")
+        val = task.metrics(logits, targets)
         prefix = "val_" if weights == "live" else "ema_val_"
         row.update({prefix + key: val.get(key) for key in VAL_FIGURES})
         scores[weights] = task.score(val)
