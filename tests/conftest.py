@@ -1,4 +1,5 @@
-"""Shared fixtures: small datasets written in the real file formats, and fast configs."""
+"""Shared fixtures and helpers: small datasets written in the real file formats, fast
+configs, and the command line run in this process (``run_cli``, ``assert_one_error_line``)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import gzip
 import io
 import os
 import pickle
+import re
 import struct
 import tarfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -74,6 +77,18 @@ def write_mnist(folder: Path, train: int = 60, test: int = 20, compress: bool = 
     return folder
 
 
+def write_cifar_batches(folder: Path, images: int, labels: int, data=None, label_values=None, names=None) -> None:
+    """An extracted CIFAR-10 folder whose batches hold what the test asks for (the wrong
+    number of labels, pixels out of range, names that are not a list)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (images, 3072)) if data is None else data,
+                 b"labels": (rng.integers(0, 10, labels).tolist() if label_values is None else label_values)}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    meta = {b"label_names": names if names is not None else [f"c{i}".encode() for i in range(10)]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+
 @pytest.fixture
 def cifar_root(tmp_path) -> Path:
     write_cifar_archive(tmp_path / "cifar-10-python.tar.gz")
@@ -84,6 +99,60 @@ def quick_config(tmp_path: Path, *overrides: str):
     """A digits run small enough for a unit test (a few seconds on two cores)."""
     return load("demo-digits", [f"output.dir={tmp_path / 'runs'}", "train.epochs=2", "model.name=resnet8",
                                 "train.batch_size=128", *overrides])
+
+
+# ---------------------------------------------------------------- the command line, in this process
+
+
+class Ran(NamedTuple):
+    """How ``reslab ARGV`` ended: its exit code, standard output and standard error."""
+
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(capsys, *argv) -> Ran:
+    """``reslab ARGV`` run in this process (``reslab.cli.main``), its output read through
+    capsys. argparse's own refusals end in SystemExit: its code is the exit code."""
+    from reslab.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return Ran(code, out, err)
+
+
+# reslab's own error line, or argparse's ("reslab train: error: argument --seed: ...")
+ERROR_LINE = re.compile(r"reslab(?: [\w-]+)*: error: ")
+OWN_LINE = re.compile(r"reslab(?: [\w-]+)*: |usage: | ")
+
+
+def assert_one_error_line(ran: Ran, *fragments: str, alone: bool = False) -> str:
+    """``ran`` ended as an error a user caused should: exit 2, no traceback, nothing on
+    standard error but reslab's own lines (and argparse's usage), and one short error line
+    holding every fragment (a refused value is named, not echoed whole). With ``alone``,
+    that line is all standard error holds. Returns the line."""
+    code, out, err = ran
+    assert code == 2, (code, err[-2000:])
+    assert "Traceback" not in err and "Traceback" not in out, err[-2000:]
+    assert all(OWN_LINE.match(line) for line in err.splitlines()), err[-2000:]
+    errors = [line for line in err.splitlines() if ERROR_LINE.match(line)]
+    assert len(errors) == 1 and len(errors[0]) < 600, err[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    if alone:
+        assert err == errors[0] + "\n", err
+    return errors[0]
+
+def history_rows(run_dir: Path) -> list[dict]:
+    """The rows of a run's history.csv, as text."""
+    import csv
+
+    with open(run_dir / "history.csv") as file:
+        return list(csv.DictReader(file))
 
 
 def crash_after_epochs(config, epochs: int) -> Path:
@@ -248,6 +317,40 @@ def write_keras_archive(path: Path, model) -> Path:
     weights.unlink()
     return path
 
+
+# ---------------------------------------------------------------- images for the decoders and folders
+
+
+def png_bytes(width: int, height: int, idat: bytes) -> bytes:
+    """A PNG made by hand: its header may promise more pixels than its data holds."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def write_photos(folder: Path, count: int, seed: int) -> None:
+    """Two class folders (a, b) of ``count`` photos each, of random sizes; every third a JPEG
+    stored sideways with the EXIF orientation that shows it upright, as a phone writes it."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label in ("a", "b"):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            height, width = int(rng.integers(30, 60)), int(rng.integers(30, 60))
+            pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            pixels[:, : width // 2] //= 2 if label == "a" else 1
+            image = Image.fromarray(pixels)
+            if i % 3 == 0:  # a phone photo: stored sideways, EXIF says how to show it
+                exif = Image.Exif()
+                exif[0x0112] = 6
+                image.save(folder / label / f"{i}.jpg", exif=exif, quality=95)
+            else:
+                image.save(folder / label / f"{i}.png")
 
 def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     """(type, body) of each chunk of a PNG file."""

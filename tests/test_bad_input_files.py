@@ -34,7 +34,7 @@ from reslab.evaluate.calibration import (
 from reslab.train.loop import train
 from reslab.train.run_folder import link_last
 
-from conftest import quick_config, write_cifar_archive
+from conftest import assert_one_error_line, quick_config, run_cli, write_cifar_archive
 
 SPARSE_SIZE = 2 << 30  # a 2 GiB file of holes: its size is all that may be read of it
 
@@ -53,17 +53,6 @@ def copy_run(run: Path, folder: Path, name: str = "run", checkpoints: bool = Tru
 
 def snapshot(folder: Path) -> dict:
     return {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
-
-
-def one_error_line(capsys, argv: list[str], *fragments: str) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and all(line.startswith("reslab:") for line in err.splitlines()), err
-    errors = [line for line in err.splitlines() if line.startswith("reslab: error:")]
-    assert len(errors) == 1, err
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 @pytest.fixture
@@ -107,7 +96,8 @@ def read_only(monkeypatch):
 def test_evaluate_never_writes_over_another_runs_file(finished_run, tmp_path, capsys, name):
     run, other = copy_run(finished_run, tmp_path), copy_run(finished_run, tmp_path, "other")
     before = snapshot(other)
-    one_error_line(capsys, ["evaluate", str(run), "--output", str(other / name)], "would replace", "write it elsewhere")
+    assert_one_error_line(run_cli(capsys, "evaluate", run, "--output", other / name),
+                          "would replace", "write it elsewhere")
     assert snapshot(other) == before
 
 
@@ -115,7 +105,7 @@ def test_evaluate_never_writes_over_another_runs_file(finished_run, tmp_path, ca
 def test_evaluate_never_writes_over_its_own_runs_file(finished_run, tmp_path, capsys, name):
     run = copy_run(finished_run, tmp_path)
     before = snapshot(run)
-    one_error_line(capsys, ["evaluate", str(run), "--output", str(run / name)], "would replace")
+    assert_one_error_line(run_cli(capsys, "evaluate", run, "--output", run / name), "would replace")
     assert snapshot(run) == before
 
 
@@ -123,16 +113,24 @@ def test_evaluate_never_writes_over_its_own_runs_file(finished_run, tmp_path, ca
 def test_evaluate_never_adds_a_file_reslab_keeps_to_an_unfinished_run(finished_run, tmp_path, capsys, name):
     run = copy_run(finished_run, tmp_path)
     (run / name).unlink()  # as a run stopped before its end (or its first best epoch) leaves it
-    one_error_line(capsys, ["evaluate", str(run), "--output", str(run / name)], f"would add {Path(name).name}")
+    assert_one_error_line(run_cli(capsys, "evaluate", run, "--output", run / name), f"would add {Path(name).name}")
     assert not (run / name).exists()
 
 
 def test_export_shares_the_refusal(finished_run, tmp_path, capsys):
     run = copy_run(finished_run, tmp_path)
     (run / "metrics.json").unlink()  # the export's side file would be the run's metrics.json
-    one_error_line(capsys, ["export", str(run), "--format", "safetensors", "--output",
-                            str(run / "metrics.safetensors")], "would add metrics.json")
+    ran = run_cli(capsys, "export", run, "--format", "safetensors", "--output", run / "metrics.safetensors")
+    assert_one_error_line(ran, "would add metrics.json")
     assert not (run / "metrics.json").exists() and not (run / "metrics.safetensors").exists()
+
+
+def test_an_export_never_replaces_a_file_of_its_run(tmp_path, capsys):
+    result = train(quick_config(tmp_path, "train.epochs=1"), progress=False)
+    before = (result.run_dir / "metrics.json").read_bytes()
+    assert_one_error_line(run_cli(capsys, "export", result.run_dir, "--format", "safetensors", "--output",
+                                  result.run_dir / "metrics.safetensors"), "would replace")
+    assert (result.run_dir / "metrics.json").read_bytes() == before
 
 
 def test_evaluate_may_write_a_new_file_beside_a_run(finished_run, tmp_path, capsys):
@@ -149,7 +147,7 @@ def test_calibrate_refuses_a_folder_where_calibration_json_goes(finished_run, tm
     run = copy_run(finished_run, tmp_path)
     (run / "calibration.json").mkdir()
     before = snapshot(run)
-    one_error_line(capsys, ["calibrate", str(run)], "calibration.json exists and is not a file")
+    assert_one_error_line(run_cli(capsys, "calibrate", run), "calibration.json exists and is not a file")
     assert snapshot(run) == before and (run / "calibration.json").is_dir()
 
 
@@ -157,7 +155,7 @@ def test_calibrate_refuses_a_read_only_run_folder(finished_run, tmp_path, capsys
     run = copy_run(finished_run, tmp_path)
     before = snapshot(run)
     read_only(run)
-    one_error_line(capsys, ["calibrate", str(run)], "is not writable", "copy of the run folder")
+    assert_one_error_line(run_cli(capsys, "calibrate", run), "is not writable", "copy of the run folder")
     assert snapshot(run) == before
 
 
@@ -169,7 +167,7 @@ def test_calibrate_that_cannot_write_keeps_the_earlier_calibration(finished_run,
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(calibrate_module, "atomic_write_json", disk_full)
-    one_error_line(capsys, ["calibrate", str(run)], "No space left on device", "calibration.json is as it was")
+    assert_one_error_line(run_cli(capsys, "calibrate", run), "No space left on device", "calibration.json is as it was")
     assert (run / "calibration.json").read_text() == '{"temperature": 1.5}'
 
 
@@ -298,7 +296,7 @@ def test_report_on_a_damaged_metrics_file_is_one_error_line(finished_run, tmp_pa
     run = copy_run(finished_run, tmp_path, checkpoints=False)
     (run / "metrics.json").write_text(damage(run))
     before = snapshot(run)
-    one_error_line(capsys, ["report", str(run), "--out", str(tmp_path / "report")], "metrics", fragment)
+    assert_one_error_line(run_cli(capsys, "report", run, "--out", tmp_path / "report"), "metrics", fragment)
     assert snapshot(run) == before and not (tmp_path / "report").exists()
 
 
@@ -306,15 +304,24 @@ def test_report_refuses_a_huge_metrics_file_unread(finished_run, tmp_path, capsy
     run = copy_run(finished_run, tmp_path, checkpoints=False)
     with open(run / "metrics.json", "r+b") as handle:
         handle.truncate(SPARSE_SIZE)
-    one_error_line(capsys, ["report", str(run), "--out", str(tmp_path / "report")], f"{SPARSE_SIZE:,} bytes")
+    assert_one_error_line(run_cli(capsys, "report", run, "--out", tmp_path / "report"), f"{SPARSE_SIZE:,} bytes")
 
 
 @pytest.mark.parametrize("bench", ['{"results": [1]}', '{"results": [], "environment": 3}', "[]", "{not json"])
 def test_report_on_a_damaged_bench_file_is_one_error_line(finished_run, tmp_path, capsys, bench):
     run = copy_run(finished_run, tmp_path, checkpoints=False)
     (tmp_path / "bench.json").write_text(bench)
-    one_error_line(capsys, ["report", str(run), "--out", str(tmp_path / "report"), "--bench",
-                            str(tmp_path / "bench.json")], "bench file")
+    ran = run_cli(capsys, "report", run, "--out", tmp_path / "report", "--bench", tmp_path / "bench.json")
+    assert_one_error_line(ran, "bench file")
+
+
+def test_a_report_of_a_run_with_damaged_files_is_one_error_line(tmp_path, capsys):
+    result = train(quick_config(tmp_path, "train.epochs=1"), progress=False)
+    (result.run_dir / "history.csv").write_text("epoch,step\n1,abc\n")
+    assert_one_error_line(run_cli(capsys, "report", result.run_dir, "--out", tmp_path / "report"), "history")
+    (result.run_dir / "metrics.json").write_text("{not json")
+    assert_one_error_line(run_cli(capsys, "report", result.run_dir, "--out", tmp_path / "report"),
+                          "not readable JSON")
 
 
 # ---------------------------------------------------------------- 5. a save's temporary files, left by a kill
@@ -410,6 +417,34 @@ def test_every_cifar_archive_error_is_one_line(tmp_path, kind):
     assert "\n" not in str(error.value), str(error.value)
 
 
+# ---------------------------------------------------------------- 7. a checkpoint with unusable contents
+
+
+@pytest.mark.parametrize("meta, fragment", [
+    ({}, "meta 'model'"), ("resnet8", "not a mapping"),
+    ({"model": "9" * 5000}, "not a model name"),
+    ({"model": "resnet8", "num_classes": 10, "in_channels": 1, "classes": [str(i) for i in range(10)],
+      "image_size": [100_000, 100_000], "mean": [0.5], "std": [0.25]}, "image_size"),
+])
+def test_a_safe_checkpoint_with_unusable_contents_is_refused_before_anything_is_built(tmp_path, meta, fragment):
+    from reslab.checkpoint import load_checkpoint
+
+    torch.save({"model": {"w": torch.ones(1)}, "meta": meta}, tmp_path / "odd.pt")
+    with pytest.raises(ReslabError, match=fragment):
+        load_checkpoint(tmp_path / "odd.pt")
+    torch.save({"model": {"w": 3}, "meta": meta}, tmp_path / "ints.pt")
+    with pytest.raises(ReslabError, match="not a state_dict"):
+        load_checkpoint(tmp_path / "ints.pt")
+
+
+def test_commands_given_an_unusable_checkpoint_say_so_in_one_line(tmp_path, capsys):
+    meta = {"model": "resnet8", "num_classes": 10, "in_channels": 1, "classes": [str(i) for i in range(10)],
+            "image_size": [100_000, 100_000], "mean": [0.5], "std": [0.25]}
+    torch.save({"model": {"w": torch.ones(1)}, "meta": meta}, tmp_path / "odd.pt")
+    for command in (("evaluate", str(tmp_path / "odd.pt")), ("predict", str(tmp_path / "odd.pt"), str(tmp_path))):
+        assert_one_error_line(run_cli(capsys, *command), "image_size")
+
+
 # ---------------------------------------------------------------- files of another kind
 
 
@@ -417,11 +452,11 @@ def test_every_cifar_archive_error_is_one_line(tmp_path, kind):
 def test_an_export_given_as_a_checkpoint_names_what_runs_it(suffix, runner, tmp_path, capsys):
     export = tmp_path / f"model{suffix}"
     export.write_bytes(b"an exported program, not a checkpoint")
-    one_error_line(capsys, ["predict", str(export), str(tmp_path)], "is an export, not a checkpoint", runner)
+    assert_one_error_line(run_cli(capsys, "predict", export, tmp_path), "is an export, not a checkpoint", runner)
 
 
 def test_an_engines_comparison_given_to_report_bench_is_named_as_such(finished_run, tmp_path, capsys):
     engines = tmp_path / "engines.json"
     engines.write_text(json.dumps({"kind": "inference-engines", "rows": []}))
-    one_error_line(capsys, ["report", str(finished_run), "--out", str(tmp_path / "report"), "--bench", str(engines)],
-                   "compares inference engines", "reslab bench MODEL")
+    assert_one_error_line(run_cli(capsys, "report", finished_run, "--out", tmp_path / "report", "--bench", engines),
+                          "compares inference engines", "reslab bench MODEL")

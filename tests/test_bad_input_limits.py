@@ -18,32 +18,15 @@ import yaml
 from torch import nn
 
 import reslab.inference.server as server_module
-from reslab.cli import main
 from reslab.config import load
 from reslab.errors import ReslabError
+from reslab.train.loop import train
+
+from conftest import assert_one_error_line, quick_config, run_cli
 
 HUGE = "1" * 5000  # over Python's 4,300-digit limit for int("...")
 TINY_RUN = ["--config", "demo-digits", "model.name=resnet8", "train.epochs=1", "train.max_iters=null",
             "data.train_size=100", "output.plots=false", "train.threads=1", "--no-progress"]
-
-
-def run_cli(capsys, *argv) -> tuple[int, list[str]]:
-    """The exit code and stderr lines of ``reslab ARGV`` run in this process (argparse's own
-    errors exit through SystemExit)."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as stop:
-        code = stop.code
-    return code, capsys.readouterr().err.splitlines()
-
-
-def assert_one_error_line(code: int, lines: list[str], *fragments: str) -> str:
-    errors = [line for line in lines if "error:" in line]
-    assert code == 2 and len(errors) == 1, lines[-5:]
-    assert not any("Traceback" in line for line in lines)
-    for fragment in fragments:
-        assert fragment in errors[0]
-    return errors[0]
 
 
 # ---------------------------------------------------------------- integers over 4,300 digits
@@ -52,7 +35,7 @@ def assert_one_error_line(code: int, lines: list[str], *fragments: str) -> str:
 def test_a_huge_integer_in_a_config_file_is_one_line(tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(f"train:\n  seed: {HUGE}\n")
-    line = assert_one_error_line(*run_cli(capsys, "train", "--config", config), "not valid YAML", "5,000 characters")
+    line = assert_one_error_line(run_cli(capsys, "train", "--config", config), "not valid YAML", "5,000 characters")
     assert len(line) < 300
 
 
@@ -65,7 +48,7 @@ def test_a_huge_integer_in_a_config_file_is_one_line(tmp_path, capsys):
     ["train", f"train.seed=0b{'1' * 20000}"],  # base 2 has no digit limit: a 20,000-bit seed
 ])
 def test_a_huge_integer_on_the_command_line_is_one_line(argv, capsys):
-    line = assert_one_error_line(*run_cli(capsys, *argv), "config key")
+    line = assert_one_error_line(run_cli(capsys, *argv), "config key")
     assert len(line) < 300
 
 
@@ -80,8 +63,17 @@ def test_a_huge_integer_given_to_the_library_is_named_not_written_out():
 
 @pytest.mark.parametrize("seed", [str(2**32), HUGE, "-1"])
 def test_the_tune_seed_flag_takes_what_numpy_takes(seed, capsys):
-    line = assert_one_error_line(*run_cli(capsys, "tune", "digits", "--seed", seed), "--seed", "2**32")
+    line = assert_one_error_line(run_cli(capsys, "tune", "digits", "--seed", seed), "--seed", "2**32")
     assert len(line) < 200
+
+
+def test_a_huge_class_index_is_one_error_line(tmp_path, capsys):
+    from PIL import Image
+
+    result = train(quick_config(tmp_path, "train.epochs=1"), progress=False)
+    Image.new("L", (8, 8)).save(tmp_path / "digit.png")
+    assert_one_error_line(run_cli(capsys, "predict", result.run_dir, tmp_path / "digit.png", "--explain",
+                                  tmp_path / "cams", "--class", "9" * 5000), "unknown class")
 
 
 # ---------------------------------------------------------------- reslab serve
@@ -121,7 +113,7 @@ def test_a_content_length_int_cannot_read_is_a_400_and_the_server_stays_up(tiny_
 @pytest.mark.parametrize("megabytes", ["inf", "nan", "-1", "0", "1e300"])
 def test_a_max_upload_that_is_not_a_size_is_one_line_before_the_model_loads(megabytes, tmp_path, capsys):
     # the checkpoint does not exist: the flag is refused first
-    assert_one_error_line(*run_cli(capsys, "serve", tmp_path / "none.pt", "--max-upload-mb", megabytes),
+    assert_one_error_line(run_cli(capsys, "serve", tmp_path / "none.pt", "--max-upload-mb", megabytes),
                           "--max-upload-mb")
 
 
@@ -180,13 +172,13 @@ def write_space(folder: Path, **settings) -> Path:
 
 def test_a_space_files_seed_numpy_refuses_is_one_line(tmp_path, capsys):
     space = write_space(tmp_path, seed=2**32)
-    assert_one_error_line(*run_cli(capsys, "tune", space, "--out", tmp_path / "out", "--no-report"), "seed")
+    assert_one_error_line(run_cli(capsys, "tune", space, "--out", tmp_path / "out", "--no-report"), "seed")
 
 
 def test_a_nul_in_the_study_name_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default --out is runs/tune-<name>
     space = write_space(tmp_path)
-    assert_one_error_line(*run_cli(capsys, "tune", space, "--study-name", "a\0b", "--no-report"),
+    assert_one_error_line(run_cli(capsys, "tune", space, "--study-name", "a\0b", "--no-report"),
                           "study name", "printable")
 
 
@@ -194,7 +186,7 @@ def test_a_garbage_study_db_is_one_line(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "study.db").write_bytes(bytes(range(256)) * 20)
-    assert_one_error_line(*run_cli(capsys, "tune", write_space(tmp_path), "--out", out, "--no-report"),
+    assert_one_error_line(run_cli(capsys, "tune", write_space(tmp_path), "--out", out, "--no-report"),
                           "study storage")
 
 
@@ -205,7 +197,7 @@ def test_a_study_db_of_another_schema_version_is_one_line(tmp_path, capsys):
         db.execute("CREATE TABLE version_info (version_info_id INTEGER PRIMARY KEY, schema_version INTEGER, "
                    "library_version VARCHAR(256))")
         db.execute("INSERT INTO version_info VALUES (1, 999, '0.0.1')")
-    assert_one_error_line(*run_cli(capsys, "tune", write_space(tmp_path), "--out", out, "--no-report"),
+    assert_one_error_line(run_cli(capsys, "tune", write_space(tmp_path), "--out", out, "--no-report"),
                           "study storage", "optuna")
 
 
@@ -217,8 +209,8 @@ def test_a_read_only_study_db_is_one_line(tmp_path, capsys, monkeypatch):
     optuna.storages.RDBStorage(f"sqlite:///{database}")  # the tables, no study
     # SQLite's read-only mode: a file root could write still refuses writes this way
     storage = f"sqlite:///file:{database}?mode=ro&uri=true"
-    line = assert_one_error_line(*run_cli(capsys, "tune", write_space(tmp_path), "--storage", storage,
-                                          "--out", tmp_path / "out", "--no-report"), "study storage")
+    line = assert_one_error_line(run_cli(capsys, "tune", write_space(tmp_path), "--storage", storage,
+                                         "--out", tmp_path / "out", "--no-report"), "study storage")
     assert "readonly" in line
     assert not (tmp_path / "file:").exists()  # the URI's folder is the file's, not a folder named file:
 
@@ -246,7 +238,7 @@ def test_an_unreachable_tracking_server_fails_fast_in_one_line(tmp_path, capsys)
     result = run_cli(capsys, "train", *TINY_RUN, f"output.dir={tmp_path}", "output.logger=mlflow",
                      f"output.tracking_uri=http://127.0.0.1:{closed_port()}")
     assert time.monotonic() - started < 30
-    assert_one_error_line(*result, "tracking server", "unreachable")
+    assert_one_error_line(result, "tracking server", "unreachable")
 
 
 @pytest.mark.parametrize("store", ["garbage-db", "a-file", "under-a-file"])
@@ -256,8 +248,8 @@ def test_a_tracking_store_mlflow_cannot_use_is_one_line(store, tmp_path, capsys)
     (tmp_path / "plain").write_text("not a store\n")
     uri = {"garbage-db": f"sqlite:///{tmp_path / 'garbage.db'}", "a-file": str(tmp_path / "plain"),
            "under-a-file": f"sqlite:///{tmp_path / 'plain' / 'mlflow.db'}"}[store]  # cannot be written
-    assert_one_error_line(*run_cli(capsys, "train", *TINY_RUN, f"output.dir={tmp_path / 'runs'}",
-                                   "output.logger=mlflow", f"output.tracking_uri={uri}"),
+    assert_one_error_line(run_cli(capsys, "train", *TINY_RUN, f"output.dir={tmp_path / 'runs'}",
+                                  "output.logger=mlflow", f"output.tracking_uri={uri}"),
                           "output.tracking_uri", "cannot use this store")
 
 
@@ -271,10 +263,10 @@ def test_an_image_size_over_the_familys_largest_is_refused_before_any_data(tmp_p
         raise AssertionError("the data was built for an image size the model refuses")
 
     monkeypatch.setattr(setup, "build_data", no_data)
-    assert_one_error_line(*run_cli(capsys, "train", *TINY_RUN, f"output.dir={tmp_path}", "data.image_size=4096"),
+    assert_one_error_line(run_cli(capsys, "train", *TINY_RUN, f"output.dir={tmp_path}", "data.image_size=4096"),
                           "data.image_size", "512")
-    assert_one_error_line(*run_cli(capsys, "train", *TINY_RUN, f"output.dir={tmp_path}", "model.name=resnet18",
-                                   "data.image_size=4096"), "data.image_size", "1024")
+    assert_one_error_line(run_cli(capsys, "train", *TINY_RUN, f"output.dir={tmp_path}", "model.name=resnet18",
+                                  "data.image_size=4096"), "data.image_size", "1024")
 
 
 def test_an_image_size_the_family_takes_passes_the_check():
@@ -289,16 +281,16 @@ def test_an_image_size_the_family_takes_passes_the_check():
 
 @pytest.mark.parametrize("seed", [str(2**70), "-1"])
 def test_a_corruption_seed_outside_64_bits_is_one_line_before_the_run_loads(seed, tmp_path, capsys):
-    line = assert_one_error_line(*run_cli(capsys, "evaluate", tmp_path / "no-run", "--corruptions", "fog",
-                                          "--corruption-seed", seed), "seed")
+    line = assert_one_error_line(run_cli(capsys, "evaluate", tmp_path / "no-run", "--corruptions", "fog",
+                                         "--corruption-seed", seed), "seed")
     assert "2**63-1" in line
 
 
 @pytest.mark.parametrize("severities", ["1-100000000000", "0-3", "4-2", f"1-{HUGE}"])
 def test_severities_out_of_bounds_are_refused_before_any_range_is_built(severities, tmp_path, capsys):
     # 1-100000000000 once built a range of 10^11 severities (22 GB) before checking the bounds
-    assert_one_error_line(*run_cli(capsys, "evaluate", tmp_path / "no-run", "--corruptions", "fog",
-                                   "--severities", severities), "severities")
+    assert_one_error_line(run_cli(capsys, "evaluate", tmp_path / "no-run", "--corruptions", "fog",
+                                  "--severities", severities), "severities")
 
 
 def test_validation_outputs_that_turn_nan_end_training_in_one_line(tmp_path, capsys, monkeypatch):
@@ -313,5 +305,5 @@ def test_validation_outputs_that_turn_nan_end_training_in_one_line(tmp_path, cap
         return torch.full_like(logits, float("nan")), targets
 
     monkeypatch.setattr(loop, "predict", diverged)
-    line = assert_one_error_line(*run_cli(capsys, "train", *TINY_RUN, f"output.dir={tmp_path}"), "diverged")
+    line = assert_one_error_line(run_cli(capsys, "train", *TINY_RUN, f"output.dir={tmp_path}"), "diverged")
     assert "optim.lr" in line

@@ -1,5 +1,7 @@
-"""The command line end to end, in real subprocesses: one clear line and exit 2 for
-every bad input, never a traceback, never a lost run folder."""
+"""The command line: one clear line and exit 2 for every bad input, never a traceback, never
+a lost run folder. Commands run in this process (``reslab.cli.main``); the entry point itself
+(``python -m reslab``) runs in real subprocesses: a training run, its evaluation in a fresh
+process, a line per epoch without a terminal, and the demo."""
 
 import json
 import os
@@ -9,25 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_cifar_archive
+from conftest import assert_one_error_line, run_cli, write_cifar_archive
 
 
 def run(*args, cwd=None, check=False):
+    """``python -m reslab ARGS`` in a process of its own."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     process = subprocess.run([sys.executable, "-m", "reslab", *args], capture_output=True, text=True, cwd=cwd,
                              env=env, timeout=600)
     if check:
         assert process.returncode == 0, process.stderr
     return process
-
-
-def assert_clean_error(process, *fragments):
-    assert process.returncode == 2, (process.stdout, process.stderr)
-    assert "Traceback" not in process.stderr
-    lines = [line for line in process.stderr.splitlines() if line.startswith("reslab: error:")]
-    assert len(lines) == 1, process.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -53,36 +47,47 @@ def test_evaluate_reproduces_the_runs_test_metrics(trained_run, tmp_path):
     assert evaluated["confusion_matrix"] == recorded["confusion_matrix"]
 
 
-def test_evaluate_refuses_a_checkpoint_of_another_model(trained_run):
-    assert_clean_error(run("evaluate", str(trained_run), "--model", "resnet20"), "checkpoint of resnet8, not resnet20")
+def test_evaluate_refuses_a_checkpoint_of_another_model(trained_run, capsys):
+    assert_one_error_line(run_cli(capsys, "evaluate", trained_run, "--model", "resnet20"),
+                          "checkpoint of resnet8, not resnet20")
 
 
-def test_evaluate_on_a_dataset_of_another_shape(trained_run, tmp_path):
+def test_evaluate_on_a_dataset_of_another_shape(trained_run, tmp_path, capsys):
     write_cifar_archive(tmp_path / "cifar-10-python.tar.gz")
-    assert_clean_error(run("evaluate", str(trained_run), "--data", "cifar10", "--data-root", str(tmp_path)),
-                       "1-channel", "3-channel")
+    assert_one_error_line(run_cli(capsys, "evaluate", trained_run, "--data", "cifar10", "--data-root", tmp_path),
+                          "1-channel", "3-channel")
 
 
-def test_resume_continues_from_the_cli(trained_run):
-    process = run("train", "--resume", str(trained_run), "--no-progress", check=True)
-    assert "run folder" in process.stdout
+def test_resume_continues_from_the_cli(trained_run, capsys):
+    code, out, err = run_cli(capsys, "train", "--resume", trained_run, "--no-progress")
+    assert code == 0, err
+    assert "run folder" in out
 
 
-def test_summary_shows_counts_and_macs():
-    process = run("summary", "resnet56", check=True)
-    assert "853,018" in process.stdout and "MACs per image" in process.stdout
+def test_summary_shows_counts_and_macs(capsys):
+    code, out, err = run_cli(capsys, "summary", "resnet56")
+    assert code == 0, err
+    assert "853,018" in out and "MACs per image" in out
 
 
-def test_models_lists_the_registry():
-    process = run("models", "plain", check=True)
-    assert "plain110" in process.stdout and "resnet20" not in process.stdout
+def test_models_lists_the_registry(capsys):
+    code, out, err = run_cli(capsys, "models", "plain")
+    assert code == 0, err
+    assert "plain110" in out and "resnet20" not in out
 
 
-def test_train_on_cifar_archive(tmp_path):
+def test_summary_says_which_family_a_name_builds(capsys):
+    code, out, err = run_cli(capsys, "summary", "cifar_resnet26", "--depth", "1")
+    assert code == 0, err
+    assert "cifar_resnet26: CIFAR ResNet, depth 26" in out.splitlines()[0]
+
+
+def test_train_on_cifar_archive(tmp_path, capsys):
     write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", train_per_batch=40)
-    run("train", "--config", "paper-cifar10-resnet20", "--data-root", str(tmp_path), "--epochs", "1",
-        "data.val_size=50", "train.batch_size=50", "--out", str(tmp_path / "runs"), "--name", "c",
-        "--no-progress", check=True)
+    code, _, err = run_cli(capsys, "train", "--config", "paper-cifar10-resnet20", "--data-root", tmp_path, "--epochs",
+                           "1", "data.val_size=50", "train.batch_size=50", "--out", tmp_path / "runs", "--name", "c",
+                           "--no-progress")
+    assert code == 0, err
     metrics = json.loads((tmp_path / "runs" / "c" / "metrics.json").read_text())
     assert metrics["test"]["samples"] == 30 and len(metrics["test"]["per_class"]) == 10
 
@@ -99,42 +104,43 @@ def test_train_on_cifar_archive(tmp_path):
     (["train", "--config", "/tmp"], ["cannot read config file /tmp"]),
     (["train", "--precision", "fp16", "--device", "auto"], ["fp16 needs a GPU"]),
 ])
-def test_bad_input_gives_one_line(args, fragments):
-    assert_clean_error(run(*args), *fragments)
+def test_bad_input_gives_one_line(args, fragments, capsys):
+    assert_one_error_line(run_cli(capsys, *args), *fragments)
 
 
-def test_missing_or_empty_data_directory(tmp_path):
+def test_missing_or_empty_data_directory(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     for root in (tmp_path / "empty", tmp_path / "missing"):
-        process = run("train", "--data", "cifar10", "--data-root", str(root), "data.download=false")
-        assert_clean_error(process, "CIFAR-10 not found", "cifar-10-python.tar.gz")
-    process = run("train", "--data", "mnist", "--data-root", str(tmp_path / "empty"), "data.download=false")
-    assert_clean_error(process, "mnist not found", "train-images-idx3-ubyte")
+        ran = run_cli(capsys, "train", "--data", "cifar10", "--data-root", root, "data.download=false")
+        assert_one_error_line(ran, "CIFAR-10 not found", "cifar-10-python.tar.gz")
+    ran = run_cli(capsys, "train", "--data", "mnist", "--data-root", tmp_path / "empty", "data.download=false")
+    assert_one_error_line(ran, "mnist not found", "train-images-idx3-ubyte")
 
 
-def test_corrupt_archive(tmp_path):
+def test_corrupt_archive(tmp_path, capsys):
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(os.urandom(1000))
-    assert_clean_error(run("train", "--data", "cifar10", "--data-root", str(tmp_path)),
-                       "not a readable CIFAR-10 archive")
+    assert_one_error_line(run_cli(capsys, "train", "--data", "cifar10", "--data-root", tmp_path),
+                          "not a readable CIFAR-10 archive")
 
 
-def test_unwritable_output_folder(tmp_path):
+def test_unwritable_output_folder(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    assert_clean_error(run("train", "--out", str(blocker / "runs"), "--epochs", "1"), "cannot create output folder")
+    assert_one_error_line(run_cli(capsys, "train", "--out", blocker / "runs", "--epochs", "1"),
+                          "cannot create output folder")
 
 
-def test_truncated_and_foreign_checkpoints(tmp_path, trained_run):
+def test_truncated_and_foreign_checkpoints(tmp_path, trained_run, capsys):
     best = (trained_run / "checkpoints" / "best.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(best[: len(best) // 2])
-    assert_clean_error(run("evaluate", str(tmp_path / "cut.pt")), "not a readable checkpoint")
+    assert_one_error_line(run_cli(capsys, "evaluate", tmp_path / "cut.pt"), "not a readable checkpoint")
     import torch
 
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
-    assert_clean_error(run("evaluate", str(tmp_path / "other.pt")), "not a reslab checkpoint")
+    assert_one_error_line(run_cli(capsys, "evaluate", tmp_path / "other.pt"), "not a reslab checkpoint")
 
 
-def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
     import pickle
 
     class Payload:
@@ -144,16 +150,25 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     import torch
 
     torch.save({"model": Payload(), "meta": {}}, tmp_path / "evil.pt", pickle_module=pickle)
-    assert_clean_error(run("evaluate", str(tmp_path / "evil.pt")), "refusing to load")
+    assert_one_error_line(run_cli(capsys, "evaluate", tmp_path / "evil.pt"), "refusing to load")
     assert not (tmp_path / "pwned").exists()
 
 
-def test_existing_run_folder_is_kept(trained_run):
+def test_existing_run_folder_is_kept(trained_run, capsys):
     before = (trained_run / "metrics.json").read_bytes()
-    process = run("train", "--config", "demo-digits", "--model", "resnet8", "--epochs", "1",
-                  "--out", str(trained_run.parent), "--name", trained_run.name)
-    assert_clean_error(process, "already exists", "--resume")
+    ran = run_cli(capsys, "train", "--config", "demo-digits", "--model", "resnet8", "--epochs", "1",
+                  "--out", trained_run.parent, "--name", trained_run.name)
+    assert_one_error_line(ran, "already exists", "--resume")
     assert (trained_run / "metrics.json").read_bytes() == before
+
+
+def test_without_a_terminal_every_epoch_is_a_log_line(tmp_path):
+    process = run("train", "--config", "demo-digits", "--model", "resnet8", "--epochs", "2", "--out", str(tmp_path),
+                  "--name", "logged")
+    assert process.returncode == 0, process.stderr
+    lines = [line for line in process.stderr.splitlines() if line.startswith("reslab: epoch ")]
+    assert [line.split()[2] for line in lines] == ["1/2", "2/2"], process.stderr
+    assert "val loss" in lines[0] and "img/s" in lines[0]
 
 
 @pytest.mark.slow
@@ -169,14 +184,15 @@ def test_demo_end_to_end(tmp_path):
     assert (folder / "error_curves.png").stat().st_size > 10_000
 
 
-def test_summary_of_report_000s_model_gives_keras_totals():
-    process = run("summary", "resnet152v2_report000", "--depth", "1", check=True)
-    assert "total 59,024,586 = trainable 58,880,842 + non-trainable 143,744" in process.stdout
-    assert "(2048, 1, 1)" in process.stdout  # the backbone ends in 1x1x2048 on 32x32 inputs
+def test_summary_of_report_000s_model_gives_keras_totals(capsys):
+    code, out, err = run_cli(capsys, "summary", "resnet152v2_report000", "--depth", "1")
+    assert code == 0, err
+    assert "total 59,024,586 = trainable 58,880,842 + non-trainable 143,744" in out
+    assert "(2048, 1, 1)" in out  # the backbone ends in 1x1x2048 on 32x32 inputs
 
 
-def test_evaluate_refuses_an_output_folder_before_evaluating(trained_run, tmp_path):
-    assert_clean_error(run("evaluate", str(trained_run), "--output", str(tmp_path)), "is a folder")
+def test_evaluate_refuses_an_output_folder_before_evaluating(trained_run, tmp_path, capsys):
+    assert_one_error_line(run_cli(capsys, "evaluate", trained_run, "--output", tmp_path), "is a folder")
 
 
 def test_result_files_follow_the_umask_not_mkstemps_0600(trained_run):

@@ -1,10 +1,14 @@
-"""The typed config: YAML, overrides, validation, recipes."""
+"""The typed config: YAML, overrides, validation, recipes; values and settings no run could
+use refused in one line; ``reslab config`` and the key reference."""
 
 import pytest
 import yaml
 
 from reslab import ReslabError
 from reslab.config import RunConfig, apply_overrides, from_dict, load, recipe_names, validate
+from reslab.train.losses import build_criterion
+
+from conftest import assert_one_error_line, run_cli
 
 
 def test_defaults_are_the_papers_cifar_recipe():
@@ -92,6 +96,40 @@ def test_text_fields_keep_text_that_yaml_would_read_as_booleans_or_numbers():
     assert config.output.name == "no" and config.model.freeze == "2" and config.model.pretrained == "1.5"
 
 
+# ---------------------------------------------------------------- values and settings no run could use
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("data.val_size=inf", "finite"), ("data.test_size=.inf", "finite"), ("augment.mixup=inf", "finite"),
+    ("schedule.min_lr=nan", "finite"), ("output.name=" + "x" * 300, "at most 200 bytes"),
+    ("optim.lr=" + "[" * 5000 + "]" * 5000, "optim.lr"),
+])
+def test_config_values_no_run_could_use_are_one_error_line(tmp_path, override, fragment, capsys):
+    assert_one_error_line(run_cli(capsys, "train", "--config", "demo-digits", "--out", tmp_path, override), fragment)
+
+
+def test_yaml_aliases_and_deep_nesting_are_refused_in_a_config_file(tmp_path, capsys):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(8)) + "train: {epochs: *i}\n"
+    (tmp_path / "bomb.yaml").write_text(bomb)
+    assert_one_error_line(run_cli(capsys, "train", "--config", tmp_path / "bomb.yaml"), "aliases")
+    (tmp_path / "deep.yaml").write_text("train: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert_one_error_line(run_cli(capsys, "train", "--config", tmp_path / "deep.yaml"), "nested more than")
+
+
+def test_settings_that_would_be_silently_ignored_are_refused(tmp_path, capsys):
+    with pytest.raises(ReslabError, match="warms up by itself"):
+        load("demo-digits", ["schedule.name=onecycle", "schedule.warmup=linear", "schedule.warmup_iters=10"])
+    with pytest.raises(ReslabError, match="label_smoothing is for cross-entropy"):
+        build_criterion("bce", multi_label=True, label_smoothing=0.1)
+    first = run_cli(capsys, "train", "--config", "demo-digits", "--model", "resnet8", "--epochs", "1", "--out",
+                    tmp_path, "--name", "once")
+    assert first.code == 0, first.err
+    again = run_cli(capsys, "train", "--resume", tmp_path / "once", "--config", "demo-digits")
+    assert again.code == 2 and "--config cannot be combined with --resume" in again.err
+
+
 # ---------------------------------------------------------------- other documents parsed by the same rules
 
 
@@ -128,6 +166,36 @@ def test_parse_fields_types_a_document_section_as_config_keys_are_typed():
         with pytest.raises(ReslabError) as caught:
             parse_fields(Outer, data, "doc")
         assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_config_field_declares_bounds_a_converter_and_empty_keys_for_parse_fields():
+    from dataclasses import dataclass
+
+    from reslab.config import config_field, parse_fields
+
+    def two_names(value):
+        if not isinstance(value, str) or value.count("-") != 1:
+            raise ValueError("must be two names, e.g. a-b")
+        return value.split("-")
+
+    @dataclass
+    class Settings:
+        count: int = config_field(1, least=1, most=10)
+        seed: int = config_field(0, least=0, most=2**63 - 1)
+        names: list[str] = config_field(default_factory=list, null_is_default=True)
+        pair: list[str] = config_field(default_factory=lambda: ["a", "b"], convert=two_names)
+
+    assert parse_fields(Settings, {"count": 10, "names": None, "pair": "x-y"}, "doc") == Settings(10, 0, [], ["x", "y"])
+    base = Settings(count=3)
+    assert parse_fields(Settings, {"seed": 7}, "doc", base=base) == Settings(3, 7)  # keys not given: base's
+    refusals = [({"count": 0}, "config key 'doc.count' must be at least 1 and at most 10, got 0"),
+                ({"seed": -1}, "config key 'doc.seed' must be at least 0 and at most 2**63-1, got -1"),
+                ({"seed": 2**20000}, "config key 'doc.seed' must be at least 0 and at most 2**63-1, got an integer"),
+                ({"pair": "xyz"}, "config key 'doc.pair' must be two names, e.g. a-b, got 'xyz'")]
+    for data, message in refusals:
+        with pytest.raises(ReslabError) as caught:
+            parse_fields(Settings, data, "doc")
+        assert str(caught.value).startswith(message) and "\n" not in str(caught.value), str(caught.value)
 
 
 # ---------------------------------------------------------------- reslab config and the key reference

@@ -1,4 +1,5 @@
-"""Dataset readers in the real formats, splits, and the device-resident loader."""
+"""Dataset readers in the real formats, splits, and the device-resident loader; malformed
+CIFAR batches and IDX files refused in one line before training."""
 
 import pickle
 import tarfile
@@ -17,7 +18,14 @@ from reslab.data.digits import read_digits
 from reslab.data.idx import read_idx
 from reslab.data.loader import BatchAugment
 
-from conftest import write_cifar_archive, write_idx, write_mnist
+from conftest import (
+    assert_one_error_line,
+    run_cli,
+    write_cifar_archive,
+    write_cifar_batches,
+    write_idx,
+    write_mnist,
+)
 
 
 def test_cifar10_archive_is_read_in_order(tmp_path):
@@ -229,3 +237,36 @@ def test_rotation_and_scale_keep_the_shape_and_change_pixels():
     assert out.shape == (8, 3, 16, 16) and not torch.allclose(out, data.images.float())
     identity = augment.apply_float(data.images.float(), {"affine": torch.tensor([[0.0, 1.0]] * 8)})
     assert torch.allclose(identity, data.images.float(), atol=1e-3)
+
+
+# ---------------------------------------------------------------- malformed CIFAR batches and IDX files
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ({"images": 30, "labels": 29}, "30 images but 29 labels"),
+    ({"images": 4, "labels": 4, "data": [[300] * 3072] * 4}, "outside 0..255"),
+    ({"images": 4, "labels": 4, "label_values": ["a", "b", "c", "d"]}, "not an array of integers"),
+    ({"images": 4, "labels": 4, "data": "pixels"}, "not an array of integers"),
+    ({"images": 4, "labels": 4, "names": "airplane"}, "not a list of class names"),
+])
+def test_a_malformed_cifar_batch_is_one_error_line(tmp_path, case, fragment, capsys):
+    write_cifar_batches(tmp_path / "cifar-10-batches-py", **case)
+    assert_one_error_line(run_cli(capsys, "train", "--data", "cifar10", "--data-root", tmp_path, "--epochs", "1",
+                                  "--out", tmp_path / "runs", "data.download=false"), fragment)
+
+
+def test_idx_files_with_bad_test_labels_no_images_or_a_corrupt_stream_are_refused_before_training(tmp_path, capsys):
+    root = write_mnist(tmp_path / "bad-labels")
+    write_idx(root / "t10k-labels-idx1-ubyte", np.full(20, 12))
+    assert_one_error_line(run_cli(capsys, "train", "--data", "mnist", "--data-root", root, "--epochs", "1", "--out",
+                                  tmp_path / "runs", "data.download=false"), "test labels go up to 12")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    empty = write_mnist(tmp_path / "empty", train=0)
+    with pytest.raises(ReslabError, match="hold no images"):
+        load_splits(DataConfig(name="mnist", root=str(empty), download=False))
+    corrupt = write_mnist(tmp_path / "corrupt", compress=True)
+    raw = bytearray((corrupt / "train-images-idx3-ubyte.gz").read_bytes())
+    raw[20:40] = bytes(20)  # inside the deflate stream
+    (corrupt / "train-images-idx3-ubyte.gz").write_bytes(bytes(raw))
+    with pytest.raises(ReslabError, match="cannot read IDX file"):
+        load_splits(DataConfig(name="mnist", root=str(corrupt), download=False))

@@ -1,11 +1,14 @@
-"""Datasets of image files (folders, ImageNet, COCO), bad files, the file transforms and
-mixing, and FileLoader. The datasets are written by the tests as real JPEG/PNG files,
-cut from the photographs scikit-image ships (astronaut, coffee, chelsea, rocket)."""
+"""Datasets of image files (folders, ImageNet, COCO), bad files, the decoders (one EXIF
+policy; damaged and oversized PNGs), the file transforms and mixing, and FileLoader. The
+datasets are written by the tests as real JPEG/PNG files, cut from the photographs
+scikit-image ships (astronaut, coffee, chelsea, rocket)."""
 
 import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -23,6 +26,8 @@ from reslab.data.files import BadImage, FileLoader, ImageList, decode, write_bad
 from reslab.data.folders import read_folder
 from reslab.data.imagenet import read_imagenet
 from reslab.data.transforms import BatchMix, ImagePipeline, cutmix_batch, eval_transform, mixup_batch, train_transform
+
+from conftest import png_bytes, write_photos
 
 skimage_data = pytest.importorskip("skimage.data")
 # torchvision 0.29 deprecates its image decoders (for TorchCodec) with a warning per call.
@@ -133,6 +138,36 @@ def test_an_empty_or_missing_root_is_one_clear_error(tmp_path):
         read_folder(tmp_path / "nowhere")
     with pytest.raises(ReslabError, match="no class folders"):
         read_folder(tmp_path)
+
+
+def test_a_link_loop_and_a_pipe_are_reported_not_followed(tmp_path):
+    from reslab.data.folders import read_folder
+
+    write_photos(tmp_path / "data", 6, seed=2)
+    (tmp_path / "data" / "a" / "loop").symlink_to(tmp_path / "data" / "a")
+    (tmp_path / "data" / "b" / "again.png").symlink_to(tmp_path / "data" / "a" / "1.png")
+    os.mkfifo(tmp_path / "data" / "b" / "pipe.png")
+    splits = read_folder(tmp_path / "data", val_size=2, test_size=2)
+    listed = [splits.train.path(i) for i in range(len(splits.train))] + \
+             [split.path(i) for split in (splits.val, splits.test) for i in range(len(split))]
+    assert len(listed) == len(set(listed)) == 12  # 6 real images per class, each once
+    reasons = {Path(bad.path).name: bad.reason for bad in splits.problems}
+    assert "loop" in reasons["loop"] and "second link" in reasons["again.png"] and "regular" in reasons["pipe.png"]
+
+
+def test_an_empty_class_folder_and_a_single_class_are_refused(tmp_path):
+    from reslab.data.folders import read_folder
+
+    write_photos(tmp_path / "data", 4, seed=3)
+    (tmp_path / "data" / "c").mkdir()
+    with pytest.raises(ReslabError, match="class folder 'c' .* holds no images"):
+        read_folder(tmp_path / "data", val_size=1, test_size=1)
+    write_photos(tmp_path / "one", 4, seed=4)
+    import shutil
+
+    shutil.rmtree(tmp_path / "one" / "b")
+    with pytest.raises(ReslabError, match="one class folder"):
+        read_folder(tmp_path / "one", val_size=1, test_size=1)
 
 
 # ---------------------------------------------------------------- ImageNet
@@ -469,6 +504,135 @@ def test_a_run_of_bad_files_longer_than_any_substitute_search_stops_with_a_clear
         epoch_batches(loader(images, batch_size=4))
 
 
+# ---------------------------------------------------------------- the decoders: one EXIF policy, damaged and huge PNGs
+
+
+def png(pixels: np.ndarray, orientation: int | None = None) -> bytes:
+    from PIL import Image
+
+    image = Image.fromarray(pixels)
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", exif=exif)
+    return buffer.getvalue()
+
+
+def jpeg(pixels: np.ndarray, orientation: int | None = None) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95, exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def ramp_photo():
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 200, 30)[None, :, None] + np.linspace(0, 50, 20)[:, None, None]
+    return np.clip(ramp + rng.normal(0, 10, (20, 30, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.numerics  # outputs compared across decoders' kernels: run with both ISAs
+@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")  # asked for
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_decoder_applies_the_exif_orientation_as_pillow_shows_the_photo(ramp_photo, orientation, tmp_path):
+    from PIL import Image, ImageOps
+
+    from reslab.data.decode import decode
+
+    data = png(ramp_photo, orientation)
+    with Image.open(io.BytesIO(data)) as image:
+        shown = torch.from_numpy(np.array(ImageOps.exif_transpose(image).convert("RGB"))).permute(2, 0, 1)
+    if orientation in (5, 6, 7, 8):
+        assert shown.shape[1:] == (30, 20)  # rotated a quarter turn
+    (tmp_path / "photo.png").write_bytes(data)
+    for decoder in ("pil", "torchcodec", "torchvision", "auto"):
+        for source in (data, str(tmp_path / "photo.png")):
+            assert torch.equal(decode(source, decoder), shown), (decoder, type(source))
+
+
+@pytest.mark.numerics  # outputs compared across decoders' kernels: run with both ISAs
+@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")  # asked for
+def test_jpeg_decoders_agree_to_a_rounding_step(ramp_photo):
+    from reslab.data.decode import decode
+
+    data = jpeg(ramp_photo, orientation=6)
+    reference = decode(data, "pil").int()
+    for decoder in ("torchcodec", "torchvision", "auto"):
+        decoded = decode(data, decoder).int()
+        assert decoded.shape == reference.shape == (3, 30, 20)
+        assert (decoded - reference).abs().max().item() <= 2, decoder
+
+
+@pytest.mark.numerics  # outputs compared across decoders' kernels: run with both ISAs
+def test_auto_prefers_torchcodec_and_torchvision_never_decodes_pngs_under_auto(monkeypatch):
+    import importlib.util
+
+    from reslab.data import decode as decoding
+
+    assert decoding.resolve_decoder("auto") == "torchcodec"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchcodec" else real(name, *a))
+    decoding._resolved.cache_clear()  # decode() looks TorchCodec up once per process
+    assert decoding.resolve_decoder("auto") == "torchvision-jpeg"
+    with pytest.raises(ReslabError, match=r"pip install -e '\.\[torchcodec\]'"):
+        decoding.resolve_decoder("torchcodec")
+    assert decoding.resolve_decoder("torchcodec", strict=False) == "torchvision-jpeg"
+    calls = []
+    monkeypatch.setattr(decoding, "_decode_torchvision", lambda *a: calls.append(a) or torch.zeros(3, 1, 1))
+    decoding.decode(png(np.zeros((4, 4, 3), np.uint8)), "auto")
+    assert calls == []  # a PNG went to Pillow
+    decoding.decode(jpeg(np.zeros((4, 4, 3), np.uint8)), "auto")
+    assert len(calls) == 1
+    decoding._resolved.cache_clear()
+
+
+def test_a_png_shorter_than_its_header_is_a_bad_file_not_a_crash(tmp_path):
+    import zlib
+
+    from reslab.data.decode import BadImage, decode
+
+    broken = png_bytes(40, 40, zlib.compress(b"\x00" * 100))  # 40 rows of 121 bytes promised
+    (tmp_path / "broken.png").write_bytes(broken)
+    code = ("import sys\nfrom reslab.data.decode import decode, BadImage\n"
+            "try:\n    decode(sys.argv[1])\nexcept BadImage as e:\n    print('bad:', e)\n")
+    process = subprocess.run([sys.executable, "-c", code, str(tmp_path / "broken.png")], capture_output=True,
+                             text=True, timeout=120)
+    assert process.returncode == 0 and process.stdout.startswith("bad:"), (process.returncode, process.stderr)
+    with pytest.raises(BadImage):
+        decode(broken)
+
+
+@pytest.mark.numerics  # outputs compared across decoders' kernels: run with both ISAs
+def test_torchcodec_reports_a_png_shorter_than_its_header_as_damaged():
+    import zlib
+
+    from reslab.data.decode import BadImage, decode
+
+    with pytest.raises(BadImage, match="damaged image data"):
+        decode(png_bytes(40, 40, zlib.compress(b"\x00" * 100)), "torchcodec")
+
+
+def test_an_image_declaring_a_huge_canvas_is_refused_before_it_is_decoded(tmp_path):
+    import zlib
+
+    from reslab.data.decode import BadImage, decode
+
+    bomb = png_bytes(16000, 16000, zlib.compress(b"\x00" * 1000))  # 256 million pixels declared
+    (tmp_path / "big.png").write_bytes(png_bytes(8000, 8000, zlib.compress(b"\x00" * 1000)))  # under Pillow's limit
+    with pytest.raises(BadImage, match="8000x8000 pixels is larger than the 50,000,000"):
+        decode(str(tmp_path / "big.png"))
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    for decoder in ("pil", "torchvision", "torchcodec", "auto"):
+        with pytest.raises(BadImage, match="larger than the 50,000,000 pixels accepted"):
+            decode(str(tmp_path / "bomb.png"), decoder)
+
+
 # ---------------------------------------------------------------- FileLoader
 
 
@@ -541,6 +705,28 @@ def test_eval_pipeline_resizes_then_centre_crops_or_squashes():
     every = ImagePipeline(image_size=32, color_jitter=0.4, auto_augment="trivial", random_erasing=1.0)
     out = train_transform(every, MEAN)(image)
     assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+
+
+@pytest.mark.numerics  # outputs compared across decoders' kernels: run with both ISAs
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_the_resize_filter_is_the_configured_one_in_evaluation_and_prediction(interpolation, ramp_photo):
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional
+
+    from reslab.data.sources import preprocessing
+    from reslab.data.transforms import ImagePipeline, eval_transform
+    from reslab.inference.predict import prepare
+
+    image = torch.from_numpy(ramp_photo).permute(2, 0, 1).contiguous()
+    pipeline = ImagePipeline(image_size=16, center_crop=True, interpolation=interpolation)
+    out = eval_transform(pipeline)(image).as_subclass(torch.Tensor)
+    expected = functional.center_crop(functional.resize(image, 18, InterpolationMode(interpolation), antialias=True),
+                                      16)
+    assert torch.equal(out, expected)
+    spec = preprocessing(16, 18, True, [0.5] * 3, [0.5] * 3, 3, interpolation, "pil")
+    assert torch.equal(prepare(image, {"image_size": [16, 16], "preprocess": spec}), expected)
+    other = "bicubic" if interpolation == "bilinear" else "bilinear"
+    assert not torch.equal(eval_transform(ImagePipeline(image_size=16, interpolation=other))(image), out)
 
 
 # ---------------------------------------------------------------- mixing

@@ -25,18 +25,12 @@ from reslab.models.weights.hub import create_timm_model, crop_fraction, timm_arc
 from reslab.train.loop import train
 from reslab.train.setup import load_pretrained, pretrained_normalization
 
-from conftest import quick_config, write_hub_folder
+from conftest import assert_one_error_line, quick_config, run_cli, write_hub_folder
 
 pytestmark = pytest.mark.numerics  # outputs compared across kernels: run with both ISAs
 
 # ResNet-18 is slow for a test on two cores: a few small steps are enough to have a run.
 SHORT_RESNET18 = ("model.name=resnet18", "train.epochs=1", "train.max_iters=2", "train.batch_size=16")
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _logits(model, x: torch.Tensor) -> torch.Tensor:
@@ -382,20 +376,14 @@ BAD_TIMM_CONFIGS = {
 }
 
 
-def _assert_one_error_line(code: int, err: str, *words: str) -> None:
-    assert code == 2, err
-    assert err.startswith("reslab: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err and all(word in err for word in words), err
-
-
 @pytest.mark.parametrize("case", list(BAD_OWN_CONFIGS), ids=list(BAD_OWN_CONFIGS))
 def test_a_bad_reslab_hub_config_is_one_error_line_in_predict_and_as_pretrained(case, bad_input_folders, tmp_path,
                                                                                 capsys):
     changes, named = BAD_OWN_CONFIGS[case]
     folder = _mutated(bad_input_folders.own, tmp_path, changes)
-    code, out, err = run_cli(capsys, "predict", folder, bad_input_folders.image, "--device", "cpu")
-    _assert_one_error_line(code, err, "config.json", named)
-    assert out == ""
+    ran = run_cli(capsys, "predict", folder, bad_input_folders.image, "--device", "cpu")
+    assert_one_error_line(ran, "config.json", named, alone=True)
+    assert ran.out == ""
     with pytest.raises(ReslabError, match="config.json"):  # model.pretrained=DIR
         load_pretrained(create_model("resnet8", num_classes=10, in_channels=1), str(folder))
 
@@ -404,16 +392,15 @@ def test_a_bad_reslab_hub_config_is_one_error_line_in_predict_and_as_pretrained(
 def test_a_bad_timm_hub_config_is_one_error_line(case, bad_input_folders, tmp_path, capsys):
     changes, named = BAD_TIMM_CONFIGS[case]
     folder = _mutated(bad_input_folders.timm, tmp_path, changes)
-    code, _, err = run_cli(capsys, "predict", folder, bad_input_folders.image, "--device", "cpu")
-    _assert_one_error_line(code, err, "config.json", named)
+    ran = run_cli(capsys, "predict", folder, bad_input_folders.image, "--device", "cpu")
+    assert_one_error_line(ran, "config.json", named, alone=True)
 
 
 @pytest.mark.parametrize("case", ["preprocess a string", "huge resize", "std near zero", "unknown interpolation"])
 def test_a_bad_hub_config_is_one_error_line_in_evaluate(case, bad_input_folders, tmp_path, capsys):
     changes, named = BAD_OWN_CONFIGS[case]
     folder = _mutated(bad_input_folders.own, tmp_path, changes)
-    code, _, err = run_cli(capsys, "evaluate", folder, "--device", "cpu")
-    _assert_one_error_line(code, err, named)
+    assert_one_error_line(run_cli(capsys, "evaluate", folder, "--device", "cpu"), named, alone=True)
 
 
 def test_the_untouched_bad_input_folders_are_read(bad_input_folders, capsys):
@@ -430,8 +417,8 @@ def test_an_absurd_architecture_is_refused_before_anything_is_built(bad_input_fo
 
     folder = _mutated(bad_input_folders.own, tmp_path, {"architecture": "wrn9994_64", "reslab.model": "wrn9994_64"})
     start = time.perf_counter()
-    code, _, err = run_cli(capsys, "predict", folder, bad_input_folders.image, "--device", "cpu")
-    _assert_one_error_line(code, err, "config.json", "WRN-9994-64", "parameters")
+    ran = run_cli(capsys, "predict", folder, bad_input_folders.image, "--device", "cpu")
+    assert_one_error_line(ran, "config.json", "WRN-9994-64", "parameters", alone=True)
     assert time.perf_counter() - start < 5  # refused from its options, not after allocating them
 
 
@@ -443,11 +430,11 @@ def test_nan_weights_in_a_hub_folder_are_one_error_line_in_evaluate_and_predict(
     weights = load_file(str(folder / "model.safetensors"))
     weights["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
     save_file(weights, str(folder / "model.safetensors"))
-    code, _, err = run_cli(capsys, "evaluate", folder, "--device", "cpu")
-    _assert_one_error_line(code, err, "layer2.0.conv1.weight", "not finite")
-    code, out, err = run_cli(capsys, "predict", folder, bad_input_folders.image, "--device", "cpu")
-    _assert_one_error_line(code, err, "layer2.0.conv1.weight", "not finite")
-    assert out == ""
+    ran = run_cli(capsys, "evaluate", folder, "--device", "cpu")
+    assert_one_error_line(ran, "layer2.0.conv1.weight", "not finite", alone=True)
+    ran = run_cli(capsys, "predict", folder, bad_input_folders.image, "--device", "cpu")
+    assert_one_error_line(ran, "layer2.0.conv1.weight", "not finite", alone=True)
+    assert ran.out == ""
 
 
 def test_outputs_that_are_not_finite_are_refused_rather_than_printed(bad_input_folders, tmp_path, capsys):
@@ -457,11 +444,10 @@ def test_outputs_that_are_not_finite_are_refused_rather_than_printed(bad_input_f
     weights = load_file(str(folder / "model.safetensors"))
     weights["fc.weight"].fill_(3e38)  # finite weights whose logits overflow to infinity
     save_file(weights, str(folder / "model.safetensors"))
-    code, out, err = run_cli(capsys, "predict", folder, bad_input_folders.image, "--device", "cpu")
-    _assert_one_error_line(code, err, "not finite")
-    assert out == ""
-    code, _, err = run_cli(capsys, "evaluate", folder, "--device", "cpu")
-    _assert_one_error_line(code, err, "not finite")
+    ran = run_cli(capsys, "predict", folder, bad_input_folders.image, "--device", "cpu")
+    assert_one_error_line(ran, "not finite", alone=True)
+    assert ran.out == ""
+    assert_one_error_line(run_cli(capsys, "evaluate", folder, "--device", "cpu"), "not finite", alone=True)
 
 
 def test_the_hub_schema_reads_every_key_the_writer_writes():

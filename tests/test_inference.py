@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from reslab.cli import build_parser, main
-from reslab.config import from_dict
+from reslab.cli import build_parser
+from reslab.config import from_dict, load
 from reslab.data import DeviceLoader, load_splits
 from reslab.errors import ReslabError
 from reslab.evaluate.predict import predict
@@ -33,7 +33,7 @@ from reslab.inference.server import make_server
 from reslab.models import StagedModel
 from reslab.train.loop import train
 
-from conftest import png_with_a_bad_data_check, quick_config, write_hub_folder
+from conftest import png_with_a_bad_data_check, quick_config, run_cli, write_hub_folder, write_photos
 
 pytestmark = pytest.mark.numerics  # outputs compared across kernels: run with both ISAs
 
@@ -58,12 +58,6 @@ def write_digits(folder: Path, images: torch.Tensor) -> list[Path]:
         paths.append(folder / f"{i:03d}.png")
         Image.fromarray(image[0].numpy(), "L").save(paths[-1])
     return paths
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ---------------------------------------------------------------- predict
@@ -148,6 +142,31 @@ def test_threshold_on_a_single_label_checkpoint_is_refused(trained, tmp_path, ca
     write_digits(tmp_path, trained.test.images[:1])
     code, _, err = run_cli(capsys, "predict", trained.run_dir, tmp_path, "--threshold", "0.5")
     assert code == 2 and "single-label" in err
+
+
+def test_predict_gives_the_top1_that_evaluation_gives_on_the_same_files(tmp_path):
+    from reslab.data import build_data
+    from reslab.evaluate.predict import predict
+    from reslab.inference.predict import load_images, load_model, predict_images
+
+    write_photos(tmp_path / "data" / "train", 8, seed=0)
+    write_photos(tmp_path / "data" / "test", 5, seed=1)
+    config = load("demo-digits", ["data.name=folder", f"data.root={tmp_path / 'data'}", "data.image_size=24",
+                                  "data.center_crop=true", "data.workers=0", "data.val_size=0", "model.name=resnet8",
+                                  "train.epochs=1", "train.batch_size=4", f"output.dir={tmp_path / 'runs'}",
+                                  "output.plots=false"])
+    result = train(config, progress=False)
+    model, meta = load_model(result.run_dir, "cpu")
+    assert meta["preprocess"]["center_crop"] and meta["preprocess"]["resize_size"] == round(24 / 0.875)
+
+    bundle = build_data(config.data, config.augment, batch_size=4, eval_batch_size=4, mean_std=(meta["mean"],
+                                                                                                 meta["std"]))
+    logits, _ = predict(model, bundle.test, torch.device("cpu"))
+    paths = [bundle.test.dataset.images.path(i) for i in range(len(bundle.test.dataset))]
+    predicted = predict_images(model, meta, load_images(paths, meta), top_k=1)
+    assert [row["predictions"][0]["class"] for row in predicted] == [meta["classes"][i] for i in logits.argmax(1)]
+    scores = torch.tensor([row["predictions"][0]["probability"] for row in predicted])
+    assert torch.allclose(scores, logits.softmax(1).max(1).values, atol=1e-5)
 
 
 # ---------------------------------------------------------------- Grad-CAM

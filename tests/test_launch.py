@@ -65,7 +65,7 @@ def test_launcher_options_come_from_the_file_and_the_flags():
     options = launch_options({"name": "slurm", "partition": "gpu", "gpus": 4, "time": "2-00:00:00",
                               "sbatch": {"account": "proj"}}, time="12:30:00", sbatch=["qos=high", "--exclusive"],
                              setup=["module load cuda"])
-    assert (options.name, options.partition, options.gpus, options.time_minutes) == ("slurm", "gpu", 4, 750)
+    assert (options.name, options.partition, options.gpus, options.time) == ("slurm", "gpu", 4, 750)
     assert options.sbatch == {"account": "proj", "qos": "high", "exclusive": True}
     assert options.setup == ["module load cuda"]
     assert launch_options({}) is None and launch_options({"name": "slurm"}, name="none") is None
@@ -73,12 +73,12 @@ def test_launcher_options_come_from_the_file_and_the_flags():
 
 
 @pytest.mark.parametrize("data, fragment", [
-    ({"name": "pbs"}, "launcher must be one of local, slurm"),
-    ({"name": "slurm", "gpu": 1}, "unknown launcher key 'gpu'"),
-    ({"name": "slurm", "gpus": -1}, "'gpus' must be a whole number"),
-    ({"name": "slurm", "time": "soon"}, "a time limit must be minutes"),
+    ({"name": "pbs"}, "config key 'launcher.name' must be one of local, slurm"),
+    ({"name": "slurm", "gpu": 1}, "unknown config key 'launcher.gpu'"),
+    ({"name": "slurm", "gpus": -1}, "config key 'launcher.gpus' must be at least 0"),
+    ({"name": "slurm", "time": "soon"}, "config key 'launcher.time' must be minutes"),
     ({"name": "slurm", "time": 1, "signal_delay": 90}, "must be longer than the warning"),
-    ({"name": "slurm", "sbatch": ["account"]}, "'sbatch' must map"),
+    ({"name": "slurm", "sbatch": ["account"]}, "config key 'launcher.sbatch' must map"),
 ])
 def test_bad_launcher_options_are_one_line(data, fragment):
     with pytest.raises(ReslabError) as error:

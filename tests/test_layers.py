@@ -1,7 +1,8 @@
 """The package's imports point one way: shared helpers <- models <- data <- evaluate <- train
-<- experiments <- report / inference <- cli, and no two modules import each other (directly
-or round a longer circle). Read from the source with ``ast``: imports inside functions
-count too."""
+<- experiments <- report / inference <- commands <- cli, and no two modules import each other
+(directly or round a longer circle). Read from the source with ``ast``: imports inside
+functions count too. The slow or optional libraries load where they are used, and no module
+chooses matplotlib's backend (a notebook's own choice survives training)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib
+
 import reslab
+from reslab.train.loop import train
+
+from conftest import quick_config
 
 PACKAGE = Path(reslab.__file__).parent
 
 # Layer of each top-level part; a module may import its own layer and those below.
 LAYERS = {
     "models": 1, "data": 2, "evaluate": 3, "train": 4, "experiments": 5, "report": 6, "inference": 6,
-    "cli": 7, "__main__": 8,
+    "commands": 7, "cli": 8, "__main__": 9,
 }
 SHARED = 0  # the top-level helper modules: errors, config, runfs, device, precision, figures, ...
 
@@ -128,3 +134,24 @@ def test_no_module_loads_the_slow_or_optional_libraries_on_import():
             f"print(' '.join(m for m in {LOADED_ON_USE!r} if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert loaded == [], f"importing reslab's modules loaded {loaded}"
+
+
+def test_training_leaves_matplotlibs_backend_alone(tmp_path):
+    import reslab
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a notebook's own choice (Agg is what reslab once forced)
+    try:
+        train(quick_config(tmp_path, "train.epochs=1"), progress=False)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    # Importing a module is not enough to switch a backend once it is cached: read the source too.
+    # The one exception: Optuna's matplotlib plots are pyplot figures, which the tuning report
+    # must close through pyplot (it never chooses a backend either).
+    for path in Path(reslab.__file__).parent.rglob("*.py"):
+        if path.relative_to(Path(reslab.__file__).parent).as_posix() == "report/tune.py":
+            assert "matplotlib.use(" not in path.read_text()
+            continue
+        text = path.read_text()
+        assert "matplotlib.use(" not in text and "import pyplot" not in text and "matplotlib.pyplot" not in text, path

@@ -37,6 +37,11 @@ def test_plain_and_residual_differ_only_by_the_shortcut():
     assert torch.allclose(residual(x), plain(x))
 
 
+def test_a_plain_net_refuses_a_shortcut_option():
+    with pytest.raises(ReslabError, match="plain20 has no shortcuts"):
+        create_model("plain20", shortcut="B")
+
+
 def test_option_b_adds_projections_only_where_shapes_change():
     a, b = create_model("resnet20", shortcut="A"), create_model("resnet20", shortcut="B")
     extra = count_parameters(b)["parameters"] - count_parameters(a)["parameters"]
@@ -73,7 +78,7 @@ def test_feature_map_sizes_per_stage():
 
 def test_any_valid_depth_builds_and_invalid_depths_are_refused():
     assert len(create_model("resnet38").layer1) == 6
-    assert len(create_model("cifar_resnet26").layer1) == 4  # resnet26 is timm's ImageNet net (test_seams.py)
+    assert len(create_model("cifar_resnet26").layer1) == 4  # resnet26 is timm's ImageNet net (test_models_zoo.py)
     assert len(create_model("plain14").layer3) == 2
     for bad in ("resnet21", "plain100", "resnet2"):
         with pytest.raises(ReslabError, match="6n\\+2"):

@@ -1,4 +1,5 @@
-"""The model zoo: exact sizes, shapes, torchvision equivalence, stride placement, freezing."""
+"""The model zoo: exact sizes, shapes, torchvision equivalence, stride placement, freezing,
+and what a model name builds or refuses."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torchvision
 from torch import nn
 
 from reslab.errors import ReslabError
-from reslab.models import create_model
+from reslab.models import create_model, describe_model
 from reslab.models.imagenet import resnet50
 from reslab.models.preact import resnet50v2, resnet101v2, resnet152v2
 from reslab.models.report000 import SameMaxPool2d
@@ -310,3 +311,29 @@ def test_parameter_groups_split_backbone_and_head_and_spare_bn_and_bias_from_dec
     assert len(grouped) == sum(p.requires_grad for p in model.parameters())
     assert all(p.ndim < 2 for p in groups["backbone_no_decay"]["params"])
     torch.optim.SGD(list(groups.values()), lr=0.1)  # a valid optimizer specification
+
+
+# --- what a name builds ----------------------------------------------------------------
+
+
+def test_imagenet_names_default_to_1000_classes_and_cifar_names_to_10():
+    assert count_parameters(create_model("resnet50"))["parameters"] == 25_557_032
+    assert create_model("resnet20").fc.out_features == 10
+
+
+@pytest.mark.parametrize("name", ["resnet26", "resnet200"])
+def test_names_that_mean_an_imagenet_net_in_timm_are_not_quietly_cifar_nets(name):
+    with pytest.raises(ReslabError, match=f"timm's ImageNet.*cifar_{name}"):
+        create_model(name)
+    depth = int(name.removeprefix("resnet"))
+    assert describe_model(f"cifar_{name}") == f"CIFAR ResNet, depth {depth} = 6*{(depth - 2) // 6}+2"
+    assert create_model(f"cifar_{name}").fc.out_features == 10
+
+
+@pytest.mark.parametrize("name, message", [
+    ("resnet600002", "more than 4 digits"), ("resnet" + "9" * 5000, "at most 64 characters"),
+    ("resnet\N{FULLWIDTH DIGIT TWO}\N{FULLWIDTH DIGIT ZERO}", "unknown model"),
+])
+def test_model_names_that_ask_too_much_or_are_not_ascii_are_refused(name, message):
+    with pytest.raises(ReslabError, match=message):
+        create_model(name)

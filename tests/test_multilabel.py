@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import accuracy_score, average_precision_score, hamming_loss, precision_recall_fscore_support
 
 from reslab.evaluate.multilabel import multilabel_metrics, running_subset_correct, summary
-from reslab.train.losses import AsymmetricLoss
+from reslab.train.losses import AsymmetricLoss, build_criterion
 
 CLASSES = ["cat", "dog", "car"]
 TARGETS = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]], dtype=torch.float32)
@@ -114,3 +114,11 @@ def test_asymmetric_loss_gradients_stay_finite_at_saturated_logits():
     loss = AsymmetricLoss(gamma_neg=4, gamma_pos=1, clip=0.05)(logits, targets)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+def test_the_asymmetric_loss_is_a_mean_so_a_split_batch_gives_the_same_gradient_scale():
+    criterion = build_criterion("asymmetric", multi_label=True)
+    logits = torch.randn(8, 5)
+    targets = (torch.rand(8, 5) > 0.7).float()
+    halves = (criterion(logits[:4], targets[:4]) + criterion(logits[4:], targets[4:])) / 2
+    assert criterion(logits, targets) == pytest.approx(halves.item(), rel=1e-5)

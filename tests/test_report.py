@@ -22,6 +22,7 @@ from reslab.experiments.bench import FIELDS, run_bench
 from reslab.experiments.study import load_study, plan, run_state, run_study, study_from_dict
 from reslab.report.paper import paper_error, reference_error
 from reslab.report.report import Run, build_report, depth_findings, run_row, summary_rows
+from reslab.train.run_folder import load_run_config
 
 STUDY = {"recipe": "demo-digits", "models": ["resnet8", "plain8"], "seeds": [0, 1],
          "overrides": ["train.epochs=1", "train.batch_size=128", "output.plots=false"]}
@@ -159,12 +160,32 @@ def test_variants_are_one_more_axis_of_the_study(tmp_path):
 def test_a_bad_study_file_gives_a_clear_error(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("models: [resnet8]\nseed: [0]\n")
-    with pytest.raises(ReslabError, match="unknown study key 'seed'"):
+    with pytest.raises(ReslabError, match="unknown config key 'seed'"):
         load_study(path)
     with pytest.raises(ReslabError, match="neither a file nor a shipped study"):
         load_study("no-such-study")
     with pytest.raises(ReslabError, match="invalid depth 9"):  # before any run trains
         plan(study_from_dict({**STUDY, "models": ["resnet8", "resnet9"], "out": str(tmp_path)}))
+
+
+def test_a_restarted_study_gives_its_interrupted_runs_a_new_device_and_data_root(tmp_path, monkeypatch):
+    study = {"recipe": "demo-digits", "models": ["resnet8"], "out": str(tmp_path / "study"),
+             "overrides": ["train.epochs=2", "output.plots=false"]}
+    real = run_folder.write_history
+
+    def killed_after_first_epoch(path, history):
+        real(path, history)
+        raise RuntimeError("simulated kill")
+
+    monkeypatch.setattr(run_folder, "write_history", killed_after_first_epoch)
+    with pytest.raises(RuntimeError):
+        run_study(study_from_dict(study), progress=False, log=lambda line: None)
+    monkeypatch.setattr(run_folder, "write_history", real)
+    moved = {**study, "overrides": study["overrides"] + ["train.device=cpu", f"data.root={tmp_path / 'elsewhere'}"]}
+    result = run_study(study_from_dict(moved), progress=False, log=lambda line: None)
+    saved = load_run_config(result.run_dirs[0])
+    assert saved.train.device == "cpu" and saved.data.root == str(tmp_path / "elsewhere")
+    assert result.trained == 1 and result.results[0].metrics["epochs"] == 2
 
 
 # ---------------------------------------------------------------- the report

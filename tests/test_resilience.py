@@ -1,5 +1,7 @@
 """Crash-safe training: SIGKILL at random moments, SIGTERM at a step boundary,
-distributed training equal to one process, in real processes."""
+distributed training equal to one process, in real processes; a stop at an epoch boundary
+that names its epoch, torchrun's elastic restart continuing its run, and global batch norm
+compiled under two processes."""
 
 import os
 import random
@@ -13,7 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import reslab.train.loop as loop
+from reslab import ReslabError
 from reslab.checkpoint import load_checkpoint
+from reslab.train.loop import train
+from reslab.train.run_folder import load_run_config
+
+from conftest import quick_config
 
 pytestmark = pytest.mark.numerics  # bit-exact resumes and equivalences: run with both ISAs
 
@@ -272,3 +280,65 @@ def test_a_stop_signal_to_the_process_group_saves_with_the_loader_workers_runnin
     assert f"Continue with: reslab train --resume {tmp_path / 'runs' / 'run'}" in stderr
     stopped_at = int(re.search(r"stopped by SIGTERM at step (\d+)", stderr).group(1))
     assert load_checkpoint(tmp_path / "runs" / "run" / "checkpoints" / "last.pt")["step"] == stopped_at
+
+
+# ---------------------------------------------------------------- a stop at an epoch boundary
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGUSR1])  # SIGUSR1: SLURM's --signal=USR1@90
+def test_a_stop_at_an_epoch_boundary_names_the_epoch_it_finished(tmp_path, monkeypatch, number):
+    real = loop.validate_epoch
+
+    def stop_after_validation(*args, **kwargs):
+        answer = real(*args, **kwargs)
+        os.kill(os.getpid(), number)  # arrives between the epoch's last step and the next
+        return answer
+
+    monkeypatch.setattr(loop, "validate_epoch", stop_after_validation)
+    with pytest.raises(ReslabError, match=rf"stopped by {signal.Signals(number).name} at step \d+ \(epoch 1\); its "
+                                          "state is saved"):
+        train(quick_config(tmp_path, "train.epochs=3", "output.name=stopped"), progress=False)
+    monkeypatch.setattr(loop, "validate_epoch", real)
+    resumed = train(load_run_config(tmp_path / "runs" / "stopped"), resume=tmp_path / "runs" / "stopped",
+                    progress=False)
+    assert resumed.metrics["epochs"] == 3
+
+
+# ---------------------------------------------------------------- elastic restarts
+
+
+def test_an_elastic_restart_continues_the_run_named_after_torchruns_run_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
+    real = loop.validate_epoch
+    calls = []
+
+    def crash_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the node went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "validate_epoch", crash_in_second_epoch)
+    with pytest.raises(RuntimeError):
+        train(quick_config(tmp_path, "train.epochs=2"), progress=False)
+    monkeypatch.setattr(loop, "validate_epoch", real)
+    restarted = train(quick_config(tmp_path, "train.epochs=2"), progress=False)  # what torchrun runs again
+    assert restarted.run_dir.name == "resnet8-digits-job-7"
+    assert len(restarted.history) == 2 and restarted.metrics["epochs"] == 2
+
+
+# ---------------------------------------------------------------- global batch norm, compiled
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_global_batch_norm_compiles_under_two_processes(tmp_path):
+    common = ["--config", "demo-digits", "--model", "resnet8", "--epochs", "1", "train.batch_size=128",
+              "train.sync_bn=true", "train.compile=true", "train.max_iters=3", "data.val_size=0", "--no-progress",
+              "--out", str(tmp_path), "--name", "two"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "reslab"]
+    process = subprocess.run([*torchrun, "train", *common], capture_output=True, text=True, timeout=900,
+                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "default"})
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "all_reduce" not in process.stderr  # no deprecation warning of the old collective, every step
+    assert (tmp_path / "two" / "metrics.json").is_file()

@@ -40,7 +40,7 @@ from reslab.report.robustness import robustness_section
 from reslab.train.loop import train
 from test_data_files import write_classes
 
-from conftest import quick_config
+from conftest import quick_config, run_cli
 
 STUDY = """
 name: tiny-robustness
@@ -50,12 +50,6 @@ overrides: [train.epochs=1, train.batch_size=128]
 robustness: {corruptions: [gaussian_noise, contrast], severities: "1,5", images: 60, baseline: plain8}
 out: OUT
 """
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +176,7 @@ def test_the_subset_of_images_is_fixed_by_the_seed():
     assert torch.equal(choose_images(50, 80, seed=0), torch.arange(50))
 
 
-@pytest.mark.parametrize("section, message", [({"imags": 10}, "unknown robustness setting 'imags'"),
+@pytest.mark.parametrize("section, message", [({"imags": 10}, "unknown config key 'robustness.imags'"),
                                               ({"images": 0}, "at least 1"), ({"severities": "0-3"}, "1 to 5"),
                                               ({"corruptions": "rain"}, "unknown corruption"), ([1], "mapping")])
 def test_bad_robustness_settings_are_one_clear_error(section, message):
@@ -226,8 +220,8 @@ def test_report_statements_follow_the_numbers_and_the_noise(study, tmp_path):
     assert "ECE against depth, plain nets (plain8 2.00%, plain20 3.00%): no difference beyond the noise" in text
     assert "depth 8, residual vs plain: corruption error 30.00% vs 40.00% (lower for the residual net)" in text
     assert "mCE 75.00% vs 100.00%" in text
-    headers, body = section.blocks[1][1], section.blocks[1][2]
-    row = dict(zip(headers, next(line for line in body if line[0] == "resnet20")))
+    table = section.blocks[1]
+    row = dict(zip(table.headers, next(line for line in table.rows if line[0] == "resnet20")))
     assert row["ECE (%)"] == "25.00" and row["corruption error (%)"] == "29.00" and row["mCE vs plain8 (%)"] == "72.5"
     assert all(path.is_file() for path in section.figures)
 

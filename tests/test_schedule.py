@@ -1,10 +1,16 @@
-"""Learning-rate schedules, stepped per iteration."""
+"""Learning-rate schedules, stepped per iteration, and a run resumed for longer under them;
+the optimizer's parameter groups (rates scaled with the batch, decay of norms and biases)."""
 
 import pytest
 import torch
 
-from reslab.config import OptimConfig, ScheduleConfig
+from reslab import ReslabError, create_model
+from reslab.config import OptimConfig, ScheduleConfig, load
+from reslab.train.loop import train
 from reslab.train.optim import build_optimizer, build_scheduler, lr_factor
+from reslab.train.run_folder import load_run_config
+
+from conftest import quick_config
 
 
 def test_paper_schedule_divides_by_ten_at_32k_and_48k():
@@ -112,3 +118,49 @@ def test_a_time_limit_is_validated():
     for bad in ("0", "-1", "inf", "nan"):
         with pytest.raises(ReslabError, match="train.time_limit"):
             load("demo-digits", [f"train.time_limit={bad}"])
+
+
+# ---------------------------------------------------------------- a run resumed for longer
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_a_schedule_planned_over_the_run_refuses_a_longer_resume(tmp_path, schedule):
+    first = train(quick_config(tmp_path, "train.epochs=1", f"schedule.name={schedule}", "schedule.warmup=none"),
+                  progress=False)
+    (first.run_dir / "metrics.json").unlink()
+    with pytest.raises(ReslabError, match=f"schedule.name={schedule}.*train.epochs cannot change"):
+        train(load_run_config(first.run_dir, ["train.epochs=3"]), resume=first.run_dir, progress=False)
+    assert "epochs: 1" in (first.run_dir / "config.yaml").read_text()  # nothing saved by the refusal
+
+
+def test_a_step_schedule_continues_exactly_when_resumed_longer(tmp_path):
+    steps = ("schedule.name=multistep", "schedule.unit=epoch", "schedule.milestones=[1]")
+    whole = train(quick_config(tmp_path, "train.epochs=2", "output.name=whole", *steps), progress=False)
+    first = train(quick_config(tmp_path, "train.epochs=1", "output.name=part", *steps), progress=False)
+    (first.run_dir / "metrics.json").unlink()
+    longer = train(load_run_config(first.run_dir, ["train.epochs=2"]), resume=first.run_dir, progress=False)
+    assert [row["lr"] for row in longer.history] == pytest.approx([row["lr"] for row in whole.history])
+
+
+# ---------------------------------------------------------------- the optimizer's parameter groups
+
+
+def test_the_backbone_rate_scales_with_the_reference_batch_like_the_head_rate():
+    from reslab.train.setup import build_optimization
+
+    config = load("demo-digits", ["optim.lr=0.1", "optim.backbone_lr=0.01", "optim.lr_reference_batch=64",
+                                  "train.batch_size=128", "train.epochs=1"])
+    optimizer, _, _ = build_optimization(config, create_model("resnet8", in_channels=1), torch.device("cpu"), 10)
+    rates = {group["name"]: group["initial_lr"] for group in optimizer.param_groups}
+    assert rates["head"] == pytest.approx(0.2) and rates["backbone"] == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("decay", [True, False])
+def test_decay_of_norms_and_biases_is_a_config_key(decay):
+    from reslab.train.setup import build_optimization
+
+    config = load("demo-digits", [f"optim.decay_norm_and_bias={str(decay).lower()}", "train.epochs=1"])
+    optimizer, _, _ = build_optimization(config, create_model("resnet8", in_channels=1), torch.device("cpu"), 10)
+    decays = {group["name"]: group["weight_decay"] for group in optimizer.param_groups}
+    assert ("backbone_no_decay" not in decays) == decay
+    assert decays["backbone"] == config.optim.weight_decay

@@ -1,17 +1,25 @@
-"""The training loop end to end on the embedded digits."""
+"""The training loop end to end on the embedded digits: run folders, resume, EMA, gradient
+accumulation and clipping, compile modes, re-evaluation in the run's precision."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
+from torch import nn
 
 from reslab import ReslabError
 from reslab.checkpoint import epoch_checkpoints, load_checkpoint
 from reslab.config import load
+from reslab.errors import Interrupted
+from reslab.evaluate.runner import evaluate_checkpoint
 from reslab.train.loop import train
+from reslab.train.observers import Observer
 from reslab.train.run_folder import load_run_config
+from reslab.train.step import train_step
 
-from conftest import crash_after_epochs, quick_config
+from conftest import crash_after_epochs, history_rows, quick_config
 
 pytestmark = pytest.mark.numerics  # outputs compared across kernels: run with both ISAs
 
@@ -204,3 +212,128 @@ def test_a_run_that_cannot_start_leaves_no_folder(tmp_path):
     with pytest.raises(ReslabError, match="larger than the 1294 training images"):
         train(quick_config(tmp_path, "train.batch_size=5000", "output.name=big"), progress=False)
     assert not (tmp_path / "runs" / "big").exists()
+
+
+# ---------------------------------------------------------------- re-evaluation
+
+
+def test_reevaluation_reproduces_the_recorded_figures_in_the_runs_precision(tmp_path):
+    result = train(quick_config(tmp_path, "train.precision=bf16", "train.epochs=1"), progress=False)
+    again = evaluate_checkpoint(result.run_dir, device="cpu")
+    assert again["precision"] == "bf16"
+    assert again["test"]["loss"] == result.metrics["test"]["loss"]
+    assert again["test"]["confusion_matrix"] == result.metrics["test"]["confusion_matrix"]
+
+
+# ---------------------------------------------------------------- clipping and accumulation
+
+
+def small_net(seed: int = 0) -> nn.Module:
+    """No batch norm: the one layer whose result depends on how a batch is split."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+
+
+def one_step(accumulate: int, clip: float | None = None, label_smoothing: float = 0.1):
+    model = small_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    generator = torch.Generator().manual_seed(1)
+    images, targets = torch.randn(128, 1, 8, 8, generator=generator), torch.randint(0, 10, (128,), generator=generator)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss, logits = train_step(model, images, targets, nn.CrossEntropyLoss(label_smoothing=label_smoothing),
+                              optimizer, scaler, torch.device("cpu"), accumulate=accumulate, clip_grad_norm=clip)
+    return model, before, loss, logits
+
+
+def test_accumulating_two_halves_gives_the_weights_of_one_step_at_the_whole_batch():
+    whole, _, loss_whole, logits_whole = one_step(1)
+    halves, _, loss_halves, logits_halves = one_step(2)
+    quarters, _, _, _ = one_step(4)
+    for a, b, c in zip(whole.parameters(), halves.parameters(), quarters.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
+        torch.testing.assert_close(a, c, rtol=0, atol=2e-6)
+    assert loss_halves.item() == pytest.approx(loss_whole.item(), abs=1e-6)
+    assert logits_halves.shape == logits_whole.shape == (128, 10)
+
+
+def test_clipping_bounds_the_update_by_the_gradient_norm():
+    lr = 0.5
+    model, before, _, _ = one_step(1, clip=None)
+    free = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())]).norm() / lr
+    clip = float(free) / 4  # a bound the gradient exceeds
+    clipped, before, _, _ = one_step(1, clip=clip)
+    # First SGD step: momentum buffer = gradient (+ weight decay), so the step is lr x gradient.
+    step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, clipped.parameters())])
+    decay = torch.cat([b.flatten() for b in before]) * 1e-4
+    assert (step / lr - decay).norm().item() == pytest.approx(clip, rel=1e-4)
+    loose, before, _, _ = one_step(1, clip=float(free) * 10)  # a bound above the norm changes nothing
+    torch.testing.assert_close(list(loose.parameters()), list(model.parameters()))
+
+
+class StopAtStep(Observer):
+    """Sends this process SIGTERM at a step, as a cluster's pre-emption would."""
+
+    def __init__(self, step: int):
+        self.at = step
+
+    def step(self, step: int, values: dict) -> None:
+        if step == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_an_accumulated_run_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
+    common = ["train.accumulate=4", "optim.clip_grad_norm=1.0", "train.batch_size=64", "output.plots=false",
+              "output.log_every=1", "output.name=run"]
+    whole = train(quick_config(tmp_path / "whole", *common), progress=False)
+    config = quick_config(tmp_path / "split", *common)
+    with pytest.raises(Interrupted):
+        train(config, progress=False, observers=[StopAtStep(7)])
+    resumed = train(quick_config(tmp_path / "split", *common), progress=False)  # output.name: continued
+    assert resumed.run_dir == tmp_path / "split" / "runs" / "run"
+    assert resumed.metrics["steps"] == whole.metrics["steps"]
+    assert [r["train_loss"] for r in history_rows(resumed.run_dir)] == \
+           [r["train_loss"] for r in history_rows(whole.run_dir)]
+    assert resumed.metrics["test"]["loss"] == whole.metrics["test"]["loss"]
+
+
+def test_accumulation_and_clipping_are_checked():
+    with pytest.raises(ReslabError, match="train.accumulate' must divide train.batch_size"):
+        load("demo-digits", ["train.batch_size=64", "train.accumulate=3"])
+    with pytest.raises(ReslabError, match="optim.clip_grad_norm' must be positive"):
+        load("demo-digits", ["optim.clip_grad_norm=0"])
+    with pytest.raises(ReslabError, match="compile_mode=max-autotune applies only with train.compile=true"):
+        load("demo-digits", ["train.compile_mode=max-autotune"])
+
+
+# ---------------------------------------------------------------- compile modes
+
+
+def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_compile(module, mode=None, **kwargs):
+        seen.append(mode)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    train(quick_config(tmp_path, "train.compile=true", "train.compile_mode=reduce-overhead", "train.epochs=1",
+                       "output.plots=false"), progress=False)
+    assert seen and set(seen) == {"reduce-overhead"}
+
+
+def test_a_forced_cpu_capability_compiles_into_its_own_kernel_cache(monkeypatch, tmp_path):
+    # Kernels cached under the CPU's own capability and reused under ATEN_CPU_CAPABILITY=avx2
+    # crashed a compiled run (SIGSEGV). Importing torch._dynamo writes the default folder into
+    # the environment first, so that is the state compile_model starts from.
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from reslab.device import compile_model
+
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    compile_model(torch.nn.Linear(2, 2), None)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == default_cache_dir() + "_avx2"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # the user's own folder stays
+    compile_model(torch.nn.Linear(2, 2), None)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path)

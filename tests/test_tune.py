@@ -125,8 +125,8 @@ def test_a_bad_space_is_one_line(entries, fragment):
 
 def test_bad_settings_are_one_line(tmp_path):
     space = write_space(tmp_path)
-    for kwargs, fragment in [({"metric": "val_accurcy"}, "not a per-epoch figure"),
-                             ({"pruner": "asha"}, "pruner must be one of"), ({"trials": 0}, "at least 1")]:
+    for kwargs, fragment in [({"metric": "val_accurcy"}, "'metric' must be a per-epoch figure"),
+                             ({"pruner": "asha"}, "'pruner' must be one of"), ({"trials": 0}, "at least 1")]:
         with pytest.raises(ReslabError, match=fragment):
             tune_settings([str(space)], **kwargs)
     with pytest.raises(ReslabError, match="needs a validation split"):
@@ -134,7 +134,7 @@ def test_bad_settings_are_one_line(tmp_path):
     with pytest.raises(ReslabError, match="neither a file nor a shipped space"):
         tune_settings(["no-such-space"])
     (tmp_path / "bad.yaml").write_text("optim.lr: {uniform: [0.1, 1]}\nrecipes: demo-digits\n")
-    with pytest.raises(ReslabError, match="unknown space file key 'recipes'"):
+    with pytest.raises(ReslabError, match="unknown config key 'recipes'"):
         tune_settings([str(tmp_path / "bad.yaml")])
 
 

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -453,16 +454,31 @@ def _coerce(value: Any, hint, name: str) -> Any:
     raise ReslabError(f"config key '{name}' must be {type_name}, got {_shown(value)}")
 
 
-def parse_fields(cls, data: Any, where: str, ignore_unknown: bool = False):
+def config_field(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+                 least: int | None = None, most: int | None = None, convert: Callable[[Any], Any] | None = None,
+                 null_is_default: bool = False) -> Any:
+    """A dataclass field that says what ``parse_fields`` accepts beyond its type: numbers from
+    ``least`` to ``most``; or ``convert``, which turns the value as written (None included)
+    into the field's and raises ValueError("must be ...") for the shared wording; and, with
+    ``null_is_default``, an empty key (``key:`` in YAML) taking the default."""
+    checks = {"least": least, "most": most, "convert": convert, "null_is_default": null_is_default or None}
+    return field(default=default, default_factory=default_factory,
+                 metadata={name: value for name, value in checks.items() if value is not None})
+
+
+def parse_fields(cls, data: Any, where: str, ignore_unknown: bool = False, base: Any = None):
     """A typed dataclass ``cls`` from a mapping: a section of another YAML or JSON document
-    (a hub folder's config.json), each value checked as a config key is (the same wording:
-    ``config key 'where.key' must be ...``), floats finite. A field typed with a dataclass is
-    parsed the same way; one typed ``Any`` is taken as it is, for the caller to check. Unknown
-    keys are refused by name with a hint, or left out with ``ignore_unknown`` (a document that
-    another program writes, with keys of its own)."""
+    (a hub folder's config.json), or a whole document (a study, a space file's settings, a
+    launcher: or robustness: section, with the command line's flags merged in over it). Each
+    value is checked as a config key is (the same wording: ``config key 'where.key' must be
+    ...``), floats finite, and as its ``config_field`` declares: bounds, a converter. A field
+    typed with a dataclass is parsed the same way; one typed ``Any`` is taken as it is, for the
+    caller to check. Unknown keys are refused by name with a hint, or left out with
+    ``ignore_unknown`` (a document that another program writes, with keys of its own). With
+    ``base`` (an instance of ``cls``), the keys not given keep its values."""
     if not isinstance(data, dict):
         raise ReslabError(f"config key '{where}' must be a mapping of keys to values, got {_shown(data)}"
-                          if where else "a config must be a mapping of keys to values")
+                          if where else f"the document must be a mapping of keys to values, got {_shown(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     values = {}
@@ -475,10 +491,17 @@ def parse_fields(cls, data: Any, where: str, ignore_unknown: bool = False):
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; it has {', '.join(fields)}"
             shown = key if len(str(key)) <= 40 else f"{str(key)[:40]}..."
             raise ReslabError(f"unknown config key '{prefix}{shown}'{hint}")
-        name, hint = f"{where}.{key}" if where else key, hints[key]
+        name, hint, declared = f"{where}.{key}" if where else key, hints[key], fields[key].metadata
         options = (hint,) if typing.get_origin(hint) is list else (hint, *typing.get_args(hint))
         nested = next((a for a in options if dataclasses.is_dataclass(a)), None)  # X or X | None
-        if hint is Any:
+        if value is None and declared.get("null_is_default"):
+            continue
+        if "convert" in declared:
+            try:
+                values[key] = declared["convert"](value)
+            except ValueError as exc:
+                raise ReslabError(f"config key '{name}' {exc}, got {_shown(value)}") from None
+        elif hint is Any:
             values[key] = value
         elif nested is not None and (value is not None or nested is hint):
             values[key] = parse_fields(nested, value, name, ignore_unknown)
@@ -487,11 +510,33 @@ def parse_fields(cls, data: Any, where: str, ignore_unknown: bool = False):
             numbers = values[key] if isinstance(values[key], list) else [values[key]]
             if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
                 raise ReslabError(f"config key '{name}' must be a finite number, got {_shown(value)}")
+        _check_bounds(values[key], declared, name)
+    if base is not None:
+        return dataclasses.replace(base, **values)
     missing = [f.name for f in fields.values() if f.name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ReslabError(f"config key '{where + '.' if where else ''}{missing[0]}' is missing")
     return cls(**values)
+
+
+def _check_bounds(value: Any, declared: typing.Mapping[str, Any], name: str) -> None:
+    """A number, or each of a list's, within a field's ``least`` and ``most``."""
+    least, most = declared.get("least"), declared.get("most")
+    if value is None or (least is None and most is None):
+        return
+    for number in value if isinstance(value, list) else [value]:
+        if (least is not None and number < least) or (most is not None and number > most):
+            bounds = ([f"at least {least}"] if least is not None else []) + (
+                [f"at most {_number_text(most)}"] if most is not None else [])
+            raise ReslabError(f"config key '{name}' must be {' and '.join(bounds)}, got {_shown(value)}")
+
+
+def _number_text(number: int) -> str:
+    """A bound as people write it: 2**63-1 rather than its 19 digits."""
+    if number > 2**16 and (number + 1) & number == 0:
+        return f"2**{number.bit_length()}-1"
+    return str(number)
 
 
 # ---------------------------------------------------------------- validation

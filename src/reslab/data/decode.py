@@ -16,7 +16,7 @@ prediction and the web page, so a model always sees the same pixels for the same
   16000x16000 canvas (768 MB of pixels). The size is read from the header first.
 - One EXIF policy: the orientation tag is applied whichever decoder ran (a phone photo is
   used as it is displayed): TorchCodec does it by itself, torchvision.io and Pillow are asked
-  to; tests/test_conventions.py holds the three to the same pixels for all eight tags.
+  to; tests/test_data_files.py holds the three to the same pixels for all eight tags.
 """
 
 from __future__ import annotations

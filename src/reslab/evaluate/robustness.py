@@ -36,7 +36,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ import torch
 from torch.nn import functional as F
 
 from ..checkpoint import load_checkpoint
+from ..config import config_field, parse_fields
 from ..data.corrupted_sets import CorruptedSet, open_corrupted_set
 from ..data.corruptions import (
     CORRUPTIONS,
@@ -56,6 +57,7 @@ from ..data.corruptions import (
     severity_list,
 )
 from ..data.normalization import Normalizer
+from ..document import Bullets, Paragraph, Table, markdown
 from ..errors import ReslabError
 from ..figures import new_figure, save_figure
 from ..models.weights.hub import is_hub_source
@@ -69,15 +71,36 @@ logger = logging.getLogger(__name__)
 RESULTS_FILE = "robustness.json"
 TABLE_FILE = "robustness.md"
 HEATMAP_FILE = "robustness.png"
-SETTING_KEYS = ("corruptions", "severities", "images", "seed", "baseline", "corruptions_from")
+
+
+def _corruptions(value) -> list[str]:
+    """``all``, a category, "name,name" or a list of names (unknown ones refused with a hint)."""
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(item, str) for item in items):
+        raise ValueError("must be all, a category (noise, blur, weather, digital) or corruption names")
+    return corruption_names(",".join(items))
+
+
+def _severities(value) -> list[int]:
+    """``1-5``, ``3``, ``1,3,5`` or a list of severities, as a sorted list."""
+    items = value if isinstance(value, list) else [value]
+    if all(isinstance(item, str) or type(item) is int and abs(item) < 100 for item in items):  # str() is safe
+        try:
+            return severity_list(",".join(map(str, items)))
+        except ReslabError:
+            pass
+    raise ValueError(f"must be {SEVERITIES[0]} to {SEVERITIES[-1]}: a range, a number or a list (e.g. 1-5, 3 or "
+                     "[1, 3, 5])")
 
 
 @dataclass
 class RobustnessSettings:
-    corruptions: list[str] = field(default_factory=lambda: list(CORRUPTIONS))
-    severities: list[int] = field(default_factory=lambda: list(SEVERITIES))
-    images: int | None = None  # a deterministic subset of the split; None: every image
-    seed: int = 0  # of the corruptions' random draws (and of the subset)
+    """A study's ``robustness:`` section, or ``reslab evaluate``'s corruption flags."""
+
+    corruptions: list[str] = config_field(default_factory=lambda: list(CORRUPTIONS), convert=_corruptions)
+    severities: list[int] = config_field(default_factory=lambda: list(SEVERITIES), convert=_severities)
+    images: int | None = config_field(None, least=1)  # a deterministic subset of the split; None: every image
+    seed: int = config_field(0, least=0, most=2**63 - 1)  # of the corruptions' random draws (and of the subset)
     baseline: str | None = None  # mCE's normaliser: a run folder (evaluate) or a model name (a study)
     # the folder of a published corrupted set (CIFAR-10-C's .npy files, ImageNet-C's folders); None: generated
     corruptions_from: str | None = None
@@ -86,23 +109,7 @@ class RobustnessSettings:
     def from_dict(cls, data: dict | None) -> RobustnessSettings:
         """From a study's ``robustness:`` section (or flags): corruptions "all", a category or a
         list; severities "1-5" or a list; images, seed, baseline."""
-        data = data or {}
-        if not isinstance(data, dict):
-            raise ReslabError("the study's robustness: must be a mapping, e.g. {images: 2000, baseline: plain20}")
-        unknown = sorted(set(data) - set(SETTING_KEYS))
-        if unknown:
-            raise ReslabError(f"unknown robustness setting {unknown[0]!r}; the settings are {', '.join(SETTING_KEYS)}")
-        corruptions = data.get("corruptions", "all")
-        severities = data.get("severities", "1-5")
-        settings = cls(
-            corruptions=corruption_names(",".join(corruptions) if isinstance(corruptions, list) else str(corruptions)),
-            severities=severity_list(",".join(map(str, severities)) if isinstance(severities, list) else severities),
-            images=_positive(data.get("images"), "images"),
-            seed=_seed(data.get("seed", 0)),
-            baseline=str(data["baseline"]) if data.get("baseline") is not None else None,
-            corruptions_from=str(data["corruptions_from"]) if data.get("corruptions_from") is not None else None,
-        )
-        return settings
+        return parse_fields(cls, data or {}, "robustness")
 
     def key(self, split: str, dataset: str) -> dict:
         """What decides the images evaluated (the cells are shared across type/severity lists):
@@ -112,31 +119,6 @@ class RobustnessSettings:
         if self.corruptions_from is not None:
             return {**key, "source": str(Path(self.corruptions_from).expanduser().resolve())}
         return {**key, "source": "generated", "generator": GENERATOR, "frost": frost_source()}
-
-
-def _positive(value, name: str) -> int | None:
-    if value is None:
-        return None
-    number = _integer(value, name)
-    if number < 1:
-        raise ReslabError(f"robustness {name} must be at least 1, got {value!r}")
-    return number
-
-
-def _seed(value) -> int:
-    number = _integer(value, "seed")
-    if not 0 <= number < 2**63:
-        raise ReslabError(f"robustness seed must be between 0 and 2**63-1, got {value!r}")
-    return number
-
-
-def _integer(value, name: str) -> int:
-    if isinstance(value, bool):
-        raise ReslabError(f"robustness {name} must be a whole number, got {value!r}")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ReslabError(f"robustness {name} must be a whole number, got {value!r}") from None
 
 
 # ---------------------------------------------------------------- the images
@@ -442,25 +424,25 @@ def robustness_table(result: dict, summary: dict) -> str:
     severities = result["severities"]
     baseline = summary["baseline"] is not None
     headers = ["corruption", *(f"s{s}" for s in severities), "mean"] + (["CE", "rel. CE"] if baseline else [])
-    lines = ["| " + " | ".join(headers) + " |", "|---" + "|---:" * (len(headers) - 1) + "|"]
+    rows = []
     for name, values in result["errors"].items():
         row = [name, *(f"{100 * values[str(s)]:.2f}" for s in severities),
                f"{100 * summary['mean_error_per_type'][name]:.2f}"]
         if baseline:
             row += [_percent(summary["ce"][name]), _percent(summary["relative_ce"][name])]
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", f"{result['model']} on {result['dataset']} ({result['split']} split, {result['images']:,} images, "
-                  f"corruption seed {result['settings']['seed']}), error in %:", "",
-              f"- corrupted images: {_source(result)}",
-              f"- clean error: {100 * summary['clean_error']:.2f}",
-              f"- mean corruption error (unnormalised: the mean over types and severities): "
-              f"{100 * summary['mean_corruption_error']:.2f}"]
+        rows.append(row)
+    notes = [f"corrupted images: {_source(result)}",
+             f"clean error: {100 * summary['clean_error']:.2f}",
+             "mean corruption error (unnormalised: the mean over types and severities): "
+             f"{100 * summary['mean_corruption_error']:.2f}"]
     if baseline:
-        lines += [f"- mCE against {summary['baseline']} (= 100): {_percent(summary['mce'])}",
-                  f"- relative mCE against {summary['baseline']}: {_percent(summary['relative_mce'])}"]
+        notes += [f"mCE against {summary['baseline']} (= 100): {_percent(summary['mce'])}",
+                  f"relative mCE against {summary['baseline']}: {_percent(summary['relative_mce'])}"]
     else:
-        lines.append("- mCE and relative mCE need a baseline (--baseline RUN); the paper normalises by AlexNet's")
-    return "\n".join(lines)
+        notes.append("mCE and relative mCE need a baseline (--baseline RUN); the paper normalises by AlexNet's")
+    caption = (f"{result['model']} on {result['dataset']} ({result['split']} split, {result['images']:,} images, "
+               f"corruption seed {result['settings']['seed']}), error in %:")
+    return markdown([Table(headers, rows), Paragraph(caption), Bullets(notes)]).removesuffix("\n")
 
 
 def _source(result: dict) -> str:

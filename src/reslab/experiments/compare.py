@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import document
 from ..figures import colours, new_figure, save_figure
 from ..runfs import atomic_write_json, atomic_write_text
 
@@ -38,13 +39,15 @@ def comparison_rows(metrics_list: list[dict]) -> list[dict]:
     return rows
 
 
+def comparison_table(rows: list[dict], columns=COLUMNS) -> document.Table:
+    """One row per run, the model's name left-aligned and the numbers right."""
+    return document.Table(headers=[title for _, title, _ in columns],
+                          rows=[[fmt.format(row[key]).rstrip("%") for key, _, fmt in columns] for row in rows],
+                          align=["left" if key == "model" else "right" for key, _, _ in columns])
+
+
 def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
-    header = "| " + " | ".join(title for _, title, _ in columns) + " |"
-    rule = "|" + "|".join("---" if key == "model" else "---:" for key, _, _ in columns) + "|"
-    lines = [header, rule]
-    for row in rows:
-        lines.append("| " + " | ".join(fmt.format(row[key]).rstrip("%") for key, _, fmt in columns) + " |")
-    return "\n".join(lines)
+    return document.markdown_table(comparison_table(rows, columns))
 
 
 def write_comparison(rows: list[dict], folder: Path, note: str = "") -> str:

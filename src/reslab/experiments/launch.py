@@ -38,8 +38,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
+from ..config import config_field, parse_fields
 from ..errors import ReslabError
 from ..extras import missing_extra
 from ..runfs import atomic_write_json, read_capped
@@ -50,8 +51,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LAUNCHERS = ("local", "slurm")
-LAUNCHER_KEYS = ("name", "partition", "gpus", "time", "cpus", "mem_gb", "jobs", "sbatch", "setup", "signal_delay",
-                 "max_requeue")
 # sacct's job states, as reslab shows them
 SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESV_DEL_HOLD", "SUSPENDED"}
 SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
@@ -65,89 +64,69 @@ MAX_RECORD_BYTES = 16 << 20  # jobs.json holds a few hundred bytes per job
 # ---------------------------------------------------------------- what a launcher is asked for
 
 
+def minutes(value) -> int:
+    """A time limit as SLURM writes it (``90``, ``1:30:00``, ``2-00:00:00``) in whole minutes;
+    ValueError says what it must be (``launcher.time``'s converter)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        total = value
+    else:
+        text = value.strip() if isinstance(value, str) else ""  # bounded digits: int() of 4,300 or more raises
+        match = re.fullmatch(r"(?:(\d{1,6})-)?(\d{1,9})(?::(\d{1,9}))?(?::(\d{1,9}))?", text)
+        if not match:
+            raise ValueError("must be minutes or [D-]HH:MM[:SS] (e.g. 90, 24:00:00, 2-00:00:00)")
+        days, first, second, third = match.groups()
+        if second is None:  # plain minutes
+            total = int(first) + 24 * 60 * int(days or 0)
+        else:
+            seconds = int(third or 0)
+            total = 24 * 60 * int(days or 0) + 60 * int(first) + int(second) + (seconds + 59) // 60
+    if total < 1:
+        raise ValueError("must be at least one minute")
+    return total
+
+
+def _sbatch_options(value) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise ValueError("must map sbatch options to values, e.g. {account: proj, qos: high}")
+    return value
+
+
 @dataclass
 class LaunchOptions:
-    name: str  # local or slurm
+    """A study or space file's ``launcher:`` section (or just its name), the flags over it."""
+
+    name: Literal["local", "slurm", "none"] | None = None  # None or none: the runs train in this process
     partition: str | None = None
-    gpus: int = 0  # per job; above 1 the job runs reslab under torchrun, one process per GPU
-    time_minutes: int = 24 * 60  # the job's time limit; before it, the job saves and requeues
-    cpus: int | None = None  # per job (sbatch --cpus-per-task)
+    gpus: int = config_field(0, least=0)  # per job; above 1 the job runs reslab under torchrun, one process per GPU
+    # the job's time limit in minutes (written 90, 24:00:00 or 2-00:00:00); before it, the job saves and requeues
+    time: int = config_field(24 * 60, convert=minutes, null_is_default=True)
+    cpus: int | None = config_field(None, least=1)  # per job (sbatch --cpus-per-task)
     mem_gb: float | None = None
-    jobs: int | None = None  # compare: at most this many jobs at once; tune: this many workers
-    sbatch: dict[str, object] = field(default_factory=dict)  # any other sbatch option, e.g. {"account": "proj"}
-    setup: list[str] = field(default_factory=list)  # shell lines run before the job (module load, venv)
-    signal_delay: int = 90  # seconds between the warning signal and the time limit
-    max_requeue: int = 10  # requeues after time-outs (pre-emptions do not count)
+    jobs: int | None = config_field(None, least=1)  # compare: at most this many jobs at once; tune: this many workers
+    # any other sbatch option, e.g. {"account": "proj"}
+    sbatch: dict[str, object] = config_field(default_factory=dict, convert=_sbatch_options, null_is_default=True)
+    setup: list[str] = config_field(default_factory=list, null_is_default=True)  # shell lines run before the job
+    signal_delay: int = config_field(90, least=1)  # seconds between the warning signal and the time limit
+    max_requeue: int = config_field(10, least=0)  # requeues after time-outs (pre-emptions do not count)
 
 
-def launch_options(data: dict | None = None, **flags) -> LaunchOptions | None:
+def launch_options(data: dict | str | None = None, **flags) -> LaunchOptions | None:
     """The launcher a study or space file's ``launcher:`` section and the command-line flags
-    ask for (flags win); None when neither names one (the runs train in this process)."""
+    ask for (flags win; --sbatch and --setup add to the file's); None when neither names one
+    (the runs train in this process)."""
     if isinstance(data, str):  # launcher: slurm
         data = {"name": data}
-    if not isinstance(data, (dict, type(None))):
-        raise ReslabError("launcher: must be a mapping, e.g. {name: slurm, partition: gpu, gpus: 1, time: '24:00:00'}")
-    data = dict(data or {})
-    unknown = sorted(set(data) - set(LAUNCHER_KEYS))
-    if unknown:
-        raise ReslabError(f"unknown launcher key {unknown[0]!r}; a launcher has {', '.join(LAUNCHER_KEYS)}")
-    extra = data.get("sbatch") or {}
-    if not isinstance(extra, dict):
-        raise ReslabError("launcher key 'sbatch' must map sbatch options to values, e.g. {account: proj, qos: high}")
-    extra = {**extra, **_sbatch_pairs(flags.pop("sbatch", None) or [])}
-    setup = list(data.get("setup") or []) + list(flags.pop("setup", None) or [])
-    data.update({key: value for key, value in flags.items() if value is not None})
-    name = data.get("name")
-    if name in (None, "none"):
+    more_sbatch, more_setup = flags.pop("sbatch", None) or [], flags.pop("setup", None) or []
+    given = {key: value for key, value in flags.items() if value is not None}
+    options = parse_fields(LaunchOptions, {**data, **given} if isinstance(data, dict) else data or given, "launcher")
+    if options.name in (None, "none"):
         return None
-    if name not in LAUNCHERS:
-        raise ReslabError(f"launcher must be one of {', '.join(LAUNCHERS)} (or none: in this process), got {name!r}")
-    options = LaunchOptions(name=name, partition=data.get("partition"), sbatch=extra,
-                            setup=[str(line) for line in setup])
-    options.gpus = _count(data.get("gpus", 0), "gpus", 0)
-    options.cpus = _count(data["cpus"], "cpus", 1) if data.get("cpus") is not None else None
-    options.jobs = _count(data["jobs"], "jobs", 1) if data.get("jobs") is not None else None
-    options.signal_delay = _count(data.get("signal_delay", 90), "signal_delay", 1)
-    options.max_requeue = _count(data.get("max_requeue", 10), "max_requeue", 0)
-    if data.get("time") is not None:
-        options.time_minutes = minutes(data["time"])
-    if data.get("mem_gb") is not None:
-        try:
-            options.mem_gb = float(data["mem_gb"])
-        except (TypeError, ValueError):
-            raise ReslabError(f"launcher key 'mem_gb' must be a number of gigabytes, got {data['mem_gb']!r}") from None
-    if options.signal_delay >= options.time_minutes * 60:
-        raise ReslabError(f"the job's time limit ({options.time_minutes} min) must be longer than the warning "
+    options.sbatch = {**options.sbatch, **_sbatch_pairs(more_sbatch)}
+    options.setup = [*options.setup, *map(str, more_setup)]
+    if options.signal_delay >= options.time * 60:
+        raise ReslabError(f"the job's time limit ({options.time} min) must be longer than the warning "
                           f"before it (signal_delay {options.signal_delay} s)")
     return options
-
-
-def _count(value, key: str, least: int) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or number < least or isinstance(value, bool) or (isinstance(value, float) and value != number):
-        raise ReslabError(f"launcher key {key!r} must be a whole number of at least {least}, got {value!r}")
-    return number
-
-
-def minutes(value) -> int:
-    """A time limit as SLURM writes it (``90``, ``1:30:00``, ``2-00:00:00``) in whole minutes."""
-    text = str(value).strip()
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
-    if not match or isinstance(value, bool):
-        raise ReslabError(f"a time limit must be minutes or [D-]HH:MM[:SS] (e.g. 90, 24:00:00, 2-00:00:00), "
-                          f"got {value!r}")
-    days, first, second, third = match.groups()
-    if second is None:  # plain minutes
-        total = int(first) + 24 * 60 * int(days or 0)
-    else:
-        seconds = int(third or 0)
-        total = 24 * 60 * int(days or 0) + 60 * int(first) + int(second) + (seconds + 59) // 60
-    if total < 1:
-        raise ReslabError(f"a time limit must be at least one minute, got {value!r}")
-    return total
 
 
 def _sbatch_pairs(items: list[str]) -> dict[str, object]:
@@ -172,7 +151,7 @@ def slurm_parameters(options: LaunchOptions, job_name: str) -> dict:
     """submitit's SlurmExecutor parameters: one node and one task per job (torchrun starts
     one process per GPU), the warning signal ``signal_delay`` seconds before the limit,
     ``--requeue`` so that a pre-empted or failed node's job comes back."""
-    parameters = {"job_name": job_name, "time": options.time_minutes, "nodes": 1, "ntasks_per_node": 1,
+    parameters = {"job_name": job_name, "time": options.time, "nodes": 1, "ntasks_per_node": 1,
                   "signal_delay_s": options.signal_delay,
                   "additional_parameters": {"requeue": True, **options.sbatch}}
     if options.partition:
@@ -205,7 +184,7 @@ def make_executor(options: LaunchOptions, folder: Path, job_name: str):
     folder.mkdir(parents=True, exist_ok=True)
     if options.name == "local":
         executor = submitit.LocalExecutor(folder=folder, max_num_timeout=options.max_requeue)
-        executor.update_parameters(timeout_min=options.time_minutes, gpus_per_node=options.gpus,
+        executor.update_parameters(timeout_min=options.time, gpus_per_node=options.gpus,
                                    signal_delay_s=options.signal_delay, setup=list(options.setup))
         return executor
     try:

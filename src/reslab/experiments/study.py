@@ -29,12 +29,13 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from ..checkpoint import epoch_checkpoints
-from ..config import RunConfig, load, read_yaml_file, safe_yaml
+from ..config import RunConfig, config_field, load, parse_fields, read_yaml_file, safe_yaml
 from ..data import resolve_defaults
 from ..errors import ReslabError
 from ..models import create_model
@@ -44,21 +45,69 @@ from ..train.run_folder import RunResult, check_resumable, load_result
 
 logger = logging.getLogger(__name__)
 
-STUDY_KEYS = ("name", "recipe", "models", "seeds", "datasets", "overrides", "variants", "out", "launcher",
-              "robustness")
+
+def _names(value) -> list[str]:
+    """"a,b" or a list, as names (a flag or a file)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(
+            isinstance(item, str) or type(item) is int and abs(item) < 10**18 for item in items):  # str() is safe
+        raise ValueError("must be a list of names, e.g. [resnet20, plain20] (or a,b)")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _seeds(value) -> list[int]:
+    """"0,1" or a list of whole numbers (or one)."""
+    try:
+        return [int(item) for item in ([value] if type(value) is int else _names(value))]
+    except ValueError:
+        raise ValueError("must be a list of whole numbers, e.g. [0, 1, 2] (or 0,1,2)") from None
+
+
+def _datasets(value) -> list[str | None]:
+    return _names(value) if value else [None]  # empty: the recipe's dataset
+
+
+def _text(value) -> str | None:
+    """A recipe or a folder: a name or a path, never a number (name: may be one)."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError("must be a text (a name or a path)")
+    return value
+
+
+def _out(value) -> Path:
+    text = _text(value)
+    return _folder(Path(text)) if text else Path("runs/study")  # empty: study_from_dict makes it runs/<name>
+
+
+def _variants(value) -> dict[str, list[str]]:
+    value = value or {}
+    if not isinstance(value, dict) or not all(isinstance(v, (list, type(None))) for v in value.values()):
+        raise ValueError("must map a name to a list of section.key=value overrides")
+    return {str(k): [str(o) for o in (v or [])] for k, v in value.items()}
+
+
+def _robustness(section) -> dict:
+    """The study's robustness: section, checked now rather than after the training."""
+    from ..evaluate.robustness import RobustnessSettings
+
+    RobustnessSettings.from_dict(section)
+    return dict(section or {})
+
 
 @dataclass
 class Study:
-    models: list[str]
-    recipe: str | None = None
-    seeds: list[int] = field(default_factory=lambda: [0])
-    datasets: list[str | None] = field(default_factory=lambda: [None])  # None: the recipe's dataset
-    overrides: list[str] = field(default_factory=list)
-    variants: dict[str, list[str]] = field(default_factory=dict)  # {} : one unnamed variant
-    out: Path = Path("runs/study")
-    name: str = "study"
-    launcher: dict = field(default_factory=dict)  # cluster jobs (experiments/launch.py); {}: in this process
-    robustness: dict | None = None  # corruptions and calibration after training (evaluate/robustness.py)
+    """A study file, or the flags of ``reslab compare``: what to train, and where."""
+
+    models: list[str] = config_field(convert=_names)
+    recipe: str | None = config_field(None, convert=_text)  # a recipe name or path; {model}/{dataset} filled in
+    seeds: list[int] = config_field(default_factory=lambda: [0], convert=_seeds)
+    datasets: list[str | None] = config_field(default_factory=lambda: [None], convert=_datasets)  # None: the recipe's
+    overrides: list[str] = config_field(default_factory=list, null_is_default=True)  # section.key=value, every run
+    variants: dict[str, list[str]] = config_field(default_factory=dict, convert=_variants)  # {}: one unnamed variant
+    out: Path = config_field(Path("runs/study"), convert=_out)
+    name: str = config_field("study", null_is_default=True)  # a number is a name (name: 2024)
+    launcher: Any = config_field(default_factory=dict, convert=lambda v: v or {})  # experiments/launch.py; {}: here
+    robustness: dict | None = config_field(None, convert=_robustness)  # corruptions and calibration after training
 
 
 @dataclass
@@ -112,35 +161,14 @@ def load_study(source: str | Path, overrides: list[str] | None = None) -> Study:
 
 
 def study_from_dict(data: dict, default_name: str = "study", overrides: list[str] | None = None) -> Study:
-    if not isinstance(data, dict):
-        raise ReslabError("a study must be a mapping with at least models: and recipe:")
-    unknown = sorted(set(data) - set(STUDY_KEYS))
-    if unknown:
-        raise ReslabError(f"unknown study key {unknown[0]!r}; a study has {', '.join(STUDY_KEYS)}")
-    if not data.get("models"):
-        raise ReslabError("a study needs models: a list of model names (e.g. [resnet20, plain20])")
-    for key in ("name", "recipe", "out"):  # a number is a name (name: 2024), never a recipe or a folder
-        value = data.get(key)
-        if value is not None and not isinstance(value, str) and not (key == "name" and type(value) is int):
-            raise ReslabError(f"study key {key!r} must be a text (a name or a path), not a {type(value).__name__}")
-    name = str(data.get("name") or default_name)
-    variants = data.get("variants") or {}
-    if not isinstance(variants, dict) or not all(isinstance(v, (list, type(None))) for v in variants.values()):
-        raise ReslabError("study key 'variants' must map a name to a list of section.key=value overrides")
-    if not isinstance(data.get("overrides") or [], list):
-        raise ReslabError("study key 'overrides' must be a list of section.key=value")
-    return Study(
-        models=_names(data["models"], "models"),
-        recipe=data.get("recipe"),
-        seeds=_ints(data.get("seeds", [0]), "seeds"),
-        datasets=_names(data["datasets"], "datasets") if data.get("datasets") else [None],
-        overrides=[str(o) for o in (data.get("overrides") or [])] + list(overrides or []),
-        variants={str(k): [str(o) for o in (v or [])] for k, v in variants.items()},
-        out=_folder(Path(data.get("out") or Path("runs") / name)),
-        name=name,
-        launcher=data.get("launcher") or {},
-        robustness=_robustness(data["robustness"]) if "robustness" in data else None,
-    )
+    """A study from its document; ``overrides`` go after its own."""
+    study = parse_fields(Study, data, "")
+    if not data.get("name"):
+        study.name = default_name
+    if not data.get("out"):
+        study.out = _folder(Path("runs") / study.name)
+    study.overrides += list(overrides or [])
+    return study
 
 
 def study_from_command(items: list[str], models=None, seeds=None, datasets=None, recipe=None, out=None,
@@ -168,17 +196,8 @@ def study_from_command(items: list[str], models=None, seeds=None, datasets=None,
 
 def update_study(study: Study, models=None, seeds=None, datasets=None, recipe=None, out=None) -> Study:
     """``study`` with the fields given (command-line flags: "a,b" strings or lists) replaced."""
-    if models is not None:
-        study.models = _names(models, "models")
-    if seeds is not None:
-        study.seeds = _ints(seeds, "seeds")
-    if datasets is not None:
-        study.datasets = _names(datasets, "datasets")
-    if recipe is not None:
-        study.recipe = recipe
-    if out is not None:
-        study.out = _folder(Path(out))
-    return study
+    flags = {"models": models, "seeds": seeds, "datasets": datasets, "recipe": recipe, "out": out}
+    return parse_fields(Study, {key: value for key, value in flags.items() if value is not None}, "", base=study)
 
 
 def _folder(path: Path) -> Path:
@@ -192,28 +211,6 @@ def _folder(path: Path) -> Path:
         raise ReslabError(f"study folder {str(path)[:80]!r} is not a usable path (it holds a NUL, a character the "
                           "filesystem cannot encode, or a name over 255 bytes); give another out: (or name:)")
     return path
-
-
-def _robustness(section) -> dict:
-    """The study's robustness: section, checked now rather than after the training."""
-    from ..evaluate.robustness import RobustnessSettings
-
-    RobustnessSettings.from_dict(section)
-    return dict(section or {})
-
-
-def _names(value, key: str) -> list[str]:
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list) or not items:
-        raise ReslabError(f"study key {key!r} must be a list, e.g. [a, b]")
-    return [str(item).strip() for item in items if str(item).strip()]
-
-
-def _ints(value, key: str) -> list[int]:
-    try:
-        return [int(v) for v in (_names(value, key) if not isinstance(value, int) else [value])]
-    except ValueError:
-        raise ReslabError(f"study key {key!r} must be a list of integers, got {value!r}") from None
 
 
 # ---------------------------------------------------------------- planning

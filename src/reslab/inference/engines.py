@@ -338,7 +338,7 @@ def _numbers(text: str, flag: str) -> list[int]:
 
 
 def cmd_bench_engines(args) -> int:
-    """``reslab bench RUN``: the command line's entry (cli.py parses, this runs and prints)."""
+    """``reslab bench RUN``: the command line's entry (commands/bench.py parses, this runs and prints)."""
     if getattr(args, "models", None):
         raise ReslabError("give a run folder or checkpoint (to compare inference engines) or --models, not both")
     if getattr(args, "device", "auto") not in ("auto", "cpu"):

@@ -13,10 +13,6 @@ report.json (all of it, with per-class figures and confusion matrices) and figur
 
 from __future__ import annotations
 
-import base64
-import csv
-import html
-import io
 import json
 import math
 import re
@@ -26,12 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..document import Block, Bullets, Figure, Heading, Paragraph, Table, csv_records, html_page, markdown
 from ..errors import ReslabError
 from ..experiments.bench import busy_warning
 from ..runfs import atomic_write_json, atomic_write_text, read_json
+from ..stats import Difference, binomial_standard_error, compare, percent, plus_minus
 from ..train.run_folder import load_result, read_run_yaml
 from .paper import paper_error
-from .plots import slug as _slug
+from .plots import slug
 from .robustness import robustness_section
 
 # Figures averaged over the seeds of one net; error and training error are derived from
@@ -282,27 +280,17 @@ def summary_rows(rows: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------- what the numbers say
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}%"
-
-
-def _compare(deep: dict, shallow: dict, key: str, tolerance: float) -> int | None:
-    """+1 when ``deep`` is higher than ``shallow`` in ``key`` beyond the noise, -1 when
-    lower, 0 when about the same; None when not recorded. The noise is the largest of the
-    tolerance, the two standard deviations over seeds added, and (for test error) 1.96
-    binomial standard errors of the difference: 2 images in 359 are not a finding."""
-    a, b = deep[f"{key}_mean"], shallow[f"{key}_mean"]
-    if a is None or b is None:
-        return None
-    noise = max(tolerance, (deep[f"{key}_std"] or 0.0) + (shallow[f"{key}_std"] or 0.0))
-    if key == "error" and deep.get("test_samples") and shallow.get("test_samples"):
-        variance = a * (1 - a) / deep["test_samples"] + b * (1 - b) / shallow["test_samples"]
-        noise = max(noise, 1.96 * variance ** 0.5)
-    return 1 if a - b > noise else -1 if b - a > noise else 0
+def _compare(deep: dict, shallow: dict, key: str, tolerance: float) -> Difference | None:
+    """``deep`` against ``shallow`` in ``key`` (``reslab.stats.compare``); for test error the
+    noise includes 1.96 binomial standard errors of the difference: 2 images in 359 are not
+    a finding."""
+    standard_error = binomial_standard_error(deep["error_mean"], deep.get("test_samples"), shallow["error_mean"],
+                                             shallow.get("test_samples")) if key == "error" else None
+    return compare(deep, shallow, key, tolerance, standard_error)
 
 
 def _both(row: dict) -> str:
-    return f"{_pct(row['error_mean'])} test error, {_pct(row['train_error_mean'])} training error"
+    return f"{percent(row['error_mean'])} test error, {percent(row['train_error_mean'])} training error"
 
 
 def depth_findings(summary: list[dict], tolerance: float = 0.005) -> list[str]:
@@ -336,7 +324,7 @@ def _plain_statement(plain: list[dict], tolerance: float) -> str:
     by_depth = ""
     if len(plain) > 2:
         by_depth = " Training error by depth: " + ", ".join(
-            f"{r['label']} {_pct(r['train_error_mean'])}" for r in plain) + "."
+            f"{r['label']} {percent(r['train_error_mean'])}" for r in plain) + "."
     train = _compare(deep, shallow, "train_error", tolerance)
     test = _compare(deep, shallow, "error", tolerance)
     if train == 1:
@@ -344,13 +332,14 @@ def _plain_statement(plain: list[dict], tolerance: float) -> str:
                 "the degradation problem (He et al. 2016, §4.2, Fig. 6). The deeper plain net has the higher "
                 "training error, so this is not overfitting." + by_depth)
     if train is None and test == 1:
-        return (f"{deep['label']} has a higher test error than {shallow['label']} ({_pct(deep['error_mean'])} vs "
-                f"{_pct(shallow['error_mean'])}); without training histories degradation cannot be told from "
+        return (f"{deep['label']} has a higher test error than {shallow['label']} ({percent(deep['error_mean'])} vs "
+                f"{percent(shallow['error_mean'])}); without training histories degradation cannot be told from "
                 "overfitting." + by_depth)
     if test == 1:
-        return (f"{deep['label']} has a higher test error than {shallow['label']} ({_pct(deep['error_mean'])} vs "
-                f"{_pct(shallow['error_mean'])}) but not a higher training error ({_pct(deep['train_error_mean'])} "
-                f"vs {_pct(shallow['train_error_mean'])}): overfitting, not the degradation problem." + by_depth)
+        return (f"{deep['label']} has a higher test error than {shallow['label']} ({percent(deep['error_mean'])} vs "
+                f"{percent(shallow['error_mean'])}) but not a higher training error "
+                f"({percent(deep['train_error_mean'])} vs {percent(shallow['train_error_mean'])}): overfitting, not "
+                "the degradation problem." + by_depth)
     within = ""
     if train == 0 and deep["train_error_mean"] > shallow["train_error_mean"]:
         within = (f" (its training error is {100 * (deep['train_error_mean'] - shallow['train_error_mean']):.2f} "
@@ -373,7 +362,7 @@ def _residual_statement(residual: list[dict], tolerance: float) -> str:
 
 
 def _pairs_statement(pairs: list[tuple[dict, dict]], tolerance: float) -> str:
-    parts = [f"depth {p['depth']}: {_pct(r['error_mean'])} vs {_pct(p['error_mean'])}" for p, r in pairs]
+    parts = [f"depth {p['depth']}: {percent(r['error_mean'])} vs {percent(p['error_mean'])}" for p, r in pairs]
     wins = sum(_compare(p, r, "error", tolerance) == 1 for p, r in pairs)
     losses = sum(_compare(p, r, "error", tolerance) == -1 for p, r in pairs)
     verdict = (f"the residual net was better at {wins} of {len(pairs)} depths"
@@ -385,18 +374,11 @@ def _pairs_statement(pairs: list[tuple[dict, dict]], tolerance: float) -> str:
 # ---------------------------------------------------------------- document blocks
 
 
-def _pm(mean, std, runs: int, fmt: str, scale: float = 1.0) -> str:
-    if mean is None:
-        return "–"
-    text = format(mean * scale, fmt)
-    return f"{text} ± {format((std or 0.0) * scale, fmt)}" if runs > 1 else text
-
-
 def _duration(seconds: float | None, std: float | None = None, runs: int = 1) -> str:
     if seconds is None:
         return "–"
     unit, scale = ("s", 1.0) if seconds < 120 else ("min", 60.0) if seconds < 7200 else ("h", 3600.0)
-    return _pm(seconds / scale, (std or 0.0) / scale, runs, ".1f") + f" {unit}"
+    return plus_minus(seconds / scale, (std or 0.0) / scale, runs, ".1f") + f" {unit}"
 
 
 def _count(value) -> str:
@@ -408,7 +390,7 @@ def _count(value) -> str:
     return f"{value:,}"
 
 
-def summary_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
+def summary_table(summary: list[dict]) -> Table:
     memory = any(r["peak_memory_bytes_mean"] is not None for r in summary)
     several = len({r["dataset"] for r in summary}) > 1
     headers = (["dataset"] if several else []) + [
@@ -420,38 +402,35 @@ def summary_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
         n = r["runs"]
         line = ([r["dataset"]] if several else []) + [
             r["label"], str(r["depth"] or "–"), f"{r['parameters']:,}", _count(r["macs"]),
-            _pm(r["accuracy_mean"], r["accuracy_std"], n, ".4f"),
-            _pm(r["precision_mean"], r["precision_std"], n, ".4f"),
-            _pm(r["recall_mean"], r["recall_std"], n, ".4f"),
-            _pm(r["f1_mean"], r["f1_std"], n, ".4f"),
-            _pm(r["error_mean"], r["error_std"], n, ".2f", 100),
+            plus_minus(r["accuracy_mean"], r["accuracy_std"], n, ".4f"),
+            plus_minus(r["precision_mean"], r["precision_std"], n, ".4f"),
+            plus_minus(r["recall_mean"], r["recall_std"], n, ".4f"),
+            plus_minus(r["f1_mean"], r["f1_std"], n, ".4f"),
+            plus_minus(r["error_mean"], r["error_std"], n, ".2f", 100),
             "–" if r["paper_error"] is None else f"{100 * r['paper_error']:.2f}",
             "–" if r["error_minus_paper"] is None else f"{100 * r['error_minus_paper']:+.2f}",
-            _pm(r["train_error_mean"], r["train_error_std"], n, ".2f", 100),
+            plus_minus(r["train_error_mean"], r["train_error_std"], n, ".2f", 100),
             _duration(r["train_seconds_mean"], r["train_seconds_std"], n),
-            _pm(r["images_per_second_mean"], r["images_per_second_std"], n, ",.0f"),
-        ] + ([_pm(r["peak_memory_bytes_mean"], r["peak_memory_bytes_std"], n, ",.0f", 2**-20)] if memory else []) \
-            + [", ".join(str(s) for s in r["seeds"])]
+            plus_minus(r["images_per_second_mean"], r["images_per_second_std"], n, ",.0f"),
+        ]
+        if memory:
+            line.append(plus_minus(r["peak_memory_bytes_mean"], r["peak_memory_bytes_std"], n, ",.0f", 2**-20))
+        line.append(", ".join(str(s) for s in r["seeds"]))
         body.append(line)
-    return headers, body
+    return Table(headers, body)
 
 
-def summary_markdown(summary: list[dict]) -> str:
-    """The results table as Markdown (for the terminal)."""
-    return _markdown([("table", *summary_table(summary))], Path(".")).rstrip()
-
-
-def runs_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+def runs_table(rows: list[dict]) -> Table:
     headers = ["run", "seed", "accuracy", "error (%)", "train error (%)", "F1 (macro)", "best epoch", "epochs",
                "train time", "images/s"]
     body = [[r["run"], str(r["seed"]), f"{r['accuracy']:.4f}", f"{100 * r['error']:.2f}",
              "–" if r["train_error"] is None else f"{100 * r['train_error']:.2f}", f"{r['f1']:.4f}",
              str(r["best_epoch"]), str(r["epochs"]), _duration(r["train_seconds"]),
              "–" if r["images_per_second"] is None else f"{r['images_per_second']:,.0f}"] for r in rows]
-    return headers, body
+    return Table(headers, body)
 
 
-def bench_table(bench: dict) -> tuple[list[str], list[list[str]]]:
+def bench_table(bench: dict) -> Table:
     headers = ["model", "device", "precision", "batch", "input", "params", "MACs", "train images/s",
                "train ms/batch", "inference images/s", "inference ms/batch", "train peak (MB)",
                "inference peak (MB)"]
@@ -464,7 +443,7 @@ def bench_table(bench: dict) -> tuple[list[str], list[list[str]]]:
              f"{r['train_latency_ms']:,.2f}", f"{r['inference_images_per_second']:,.1f}",
              f"{r['inference_latency_ms']:,.2f}", mb(r["train_peak_memory_bytes"]),
              mb(r["inference_peak_memory_bytes"])] for r in bench["results"]]
-    return headers, body
+    return Table(headers, body)
 
 
 # ---------------------------------------------------------------- figures
@@ -499,7 +478,7 @@ def make_figures(runs: list[Run], rows: list[dict], summary: list[dict], folder:
     for dataset in datasets:
         nets = [s for s in summary if s["dataset"] == dataset]
         variants = sorted({s["variant"] or "" for s in nets})
-        tag = _slug(dataset)
+        tag = slug(dataset)
 
         # He et al. Fig. 6: training (dashed) and validation (solid) error per epoch, mean over seeds.
         for variant in variants:
@@ -507,7 +486,7 @@ def make_figures(runs: list[Run], rows: list[dict], summary: list[dict], folder:
                       for s in nets if (s["variant"] or "") == variant}
             curves = {name: history for name, history in curves.items() if history}
             if curves:
-                path = folder / f"error_curves-{tag}{'-' + _slug(variant) if variant else ''}.png"
+                path = folder / f"error_curves-{tag}{'-' + slug(variant) if variant else ''}.png"
                 seeds = " (mean over seeds)" if any(s["runs"] > 1 for s in nets) else ""
                 plot_error_curves(curves, path, title=f"{dataset}{f' [{variant}]' if variant else ''}: "
                                                       f"plain vs residual{seeds}")
@@ -560,7 +539,7 @@ def make_figures(runs: list[Run], rows: list[dict], summary: list[dict], folder:
             if "confusion_matrix" not in members[0].metrics["test"]:
                 continue  # multi-label: per-class F1 and AP, no confusion matrix
             matrix = np.sum([run.metrics["test"]["confusion_matrix"] for run in members], axis=0).tolist()
-            path = folder / f"confusion-{tag}-{_slug(s['label'])}.png"
+            path = folder / f"confusion-{tag}-{slug(s['label'])}.png"
             seeds = f", {len(members)} seeds summed" if len(members) > 1 else ""
             plot_confusion(matrix, classes, path, title=f"{s['label']} on {dataset}: test confusion matrix{seeds}")
             figures["classes"].append((path, f"{s['label']}: confusion matrix (test{seeds})"))
@@ -572,63 +551,13 @@ def make_figures(runs: list[Run], rows: list[dict], summary: list[dict], folder:
     # Report 000's Fig. 3: accuracy and loss against epoch, one figure per run.
     for run, row in zip(runs, rows):
         if run.history:
-            path = folder / f"curves-{_slug(row['run'])}.png"
+            path = folder / f"curves-{slug(row['run'])}.png"
             plot_history(run.history, path, title=f"{row['run']}: loss and accuracy")
             figures["curves"].append((path, f"{row['run']}: loss and accuracy per epoch"))
     return figures
 
 
-# ---------------------------------------------------------------- Markdown and HTML
-
-
-def _markdown(blocks: list[tuple], out: Path) -> str:
-    lines = []
-    for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2", "h3"):
-            lines += ["#" * int(kind[1]) + " " + block[1], ""]
-        elif kind == "p":
-            lines += [block[1], ""]
-        elif kind == "ul":
-            lines += [f"- {item}" for item in block[1]] + [""]
-        elif kind == "table":
-            headers, body = block[1], block[2]
-            lines.append("| " + " | ".join(headers) + " |")
-            lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|")
-            lines += ["| " + " | ".join(row) + " |" for row in body]
-            lines.append("")
-        elif kind == "img":
-            lines += [f"![{block[2]}]({block[1].relative_to(out).as_posix()})", ""]
-    return "\n".join(lines)
-
-
-_STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px}
-td{text-align:right}td:first-child,th{text-align:left}th{background:#f3f3f3}
-figure{margin:1em 0}img{max-width:100%}figcaption{color:#555;font-size:0.9em}"""
-
-
-def _html(blocks: list[tuple], title: str) -> str:
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{_STYLE}</style></head><body>"]
-    for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2", "h3"):
-            parts.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
-        elif kind == "p":
-            parts.append(f"<p>{html.escape(block[1])}</p>")
-        elif kind == "ul":
-            parts.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in block[1]) + "</ul>")
-        elif kind == "table":
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
-            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block[2])
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif kind == "img":
-            data = base64.b64encode(block[1].read_bytes()).decode()
-            parts.append(f"<figure><img alt='{html.escape(block[2])}' src='data:image/png;base64,{data}'>"
-                         f"<figcaption>{html.escape(block[2])}</figcaption></figure>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+# ---------------------------------------------------------------- the document
 
 
 def _varying_keys(runs: list[Run]) -> list[str]:
@@ -698,30 +627,30 @@ def build_report(run_dirs: list[str | Path], out: Path, title: str | None = None
     figures = make_figures(runs, rows, summary, out / "figures")
     title = title or "Comparison of " + ", ".join(dict.fromkeys(s["label"] for s in summary))
 
-    blocks: list[tuple] = [("h1", title), ("p", f"{len(rows)} runs of {len(summary)} nets on "
-                                                f"{', '.join(sorted({r['dataset'] for r in rows}))}; "
-                                                f"report written {datetime.now():%Y-%m-%d %H:%M}.")]
-    blocks += [("h2", "Results"), ("table", *summary_table(summary)), ("p", NOTE)]
-    blocks += [("h2", "Depth: plain vs residual"), ("ul", findings), ("p", NOISE_NOTE.format(100 * tolerance))]
-    blocks += [("img", path, caption) for path, caption in figures["depth"]]
+    blocks: list[Block] = [Heading(title), Paragraph(f"{len(rows)} runs of {len(summary)} nets on "
+                                                     f"{', '.join(sorted({r['dataset'] for r in rows}))}; "
+                                                     f"report written {datetime.now():%Y-%m-%d %H:%M}.")]
+    blocks += [Heading("Results", 2), summary_table(summary), Paragraph(NOTE)]
+    blocks += [Heading("Depth: plain vs residual", 2), Bullets(findings),
+               Paragraph(NOISE_NOTE.format(100 * tolerance))]
+    blocks += [Figure(path, caption) for path, caption in figures["depth"]]
     robustness = robustness_section(runs, rows, out / "figures", tolerance)  # empty without robustness.json
     blocks += robustness.blocks
-    blocks += [("h2", "Per class")] + [("img", path, caption) for path, caption in figures["classes"]]
+    blocks += [Heading("Per class", 2)] + [Figure(path, caption) for path, caption in figures["classes"]]
     if bench:
         environment = bench.get("environment", {})
-        blocks += [("h2", "Throughput"), ("table", *bench_table(bench)),
-                   ("p", f"{environment.get('device', '?')}, {environment.get('threads', '?')} threads, torch "
-                         f"{environment.get('torch', '?')}; median latency per batch after warm-up. "
-                         f"{bench.get('memory_note', '')} {busy_warning(bench)}".strip())]
-    blocks += [("h2", "Every run"), ("table", *runs_table(rows))]
-    blocks += [("h2", "Training curves")] + [("img", path, caption) for path, caption in figures["curves"]]
-    blocks += [("h2", "Setup"), ("ul", _setup_lines(runs))]
+        blocks += [Heading("Throughput", 2), bench_table(bench),
+                   Paragraph(f"{environment.get('device', '?')}, {environment.get('threads', '?')} threads, "
+                             f"torch {environment.get('torch', '?')}; median latency per batch after warm-up. "
+                             f"{bench.get('memory_note', '')} {busy_warning(bench)}".strip())]
+    blocks += [Heading("Every run", 2), runs_table(rows)]
+    blocks += [Heading("Training curves", 2)] + [Figure(path, caption) for path, caption in figures["curves"]]
+    blocks += [Heading("Setup", 2), Bullets(_setup_lines(runs))]
 
-    atomic_write_text(out / "report.md", _markdown(blocks, out))
-    atomic_write_text(out / "report.html", _html(blocks, title))
-    _write_csv(out / "runs.csv", rows, RUN_FIELDS)
-    summary_fields = list(summary[0]) if summary else []
-    _write_csv(out / "summary.csv", summary, summary_fields)
+    atomic_write_text(out / "report.md", markdown(blocks, out))
+    atomic_write_text(out / "report.html", html_page(blocks, title))
+    atomic_write_text(out / "runs.csv", csv_records(rows, RUN_FIELDS))
+    atomic_write_text(out / "summary.csv", csv_records(summary, list(summary[0]) if summary else []))
     atomic_write_json(out / "report.json", {
         "title": title, "findings": findings, "tolerance": tolerance, "summary": summary,
         "runs": [{**row, "per_class": run.metrics["test"]["per_class"],
@@ -733,24 +662,13 @@ def build_report(run_dirs: list[str | Path], out: Path, title: str | None = None
     return Report(out, rows, summary, findings + robustness.findings, paths)
 
 
-def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else ("" if v is None else v))
-                         for k, v in row.items()})
-    atomic_write_text(path, buffer.getvalue())
-
-
 def report_text(report: Report, table: str | None = None) -> str:
     """What the command line shows of a report: the summary table (or ``table``), the
     findings, and where the report's files are."""
-    lines = [table or summary_markdown(report.summary), ""]
-    lines += [f"- {line}" for line in report.findings]
-    lines += ["", f"report: {report.out / 'report.md'} and report.html, runs.csv, summary.csv, report.json, "
-                  f"{len(report.figures)} figures in figures/"]
-    return "\n".join(lines)
+    files = Paragraph(f"report: {report.out / 'report.md'} and report.html, runs.csv, summary.csv, report.json, "
+                      f"{len(report.figures)} figures in figures/")
+    head = Paragraph(table) if table else summary_table(report.summary)
+    return markdown([head, Bullets(report.findings), files]).removesuffix("\n")
 
 
 def load_bench(path: str | Path) -> dict:

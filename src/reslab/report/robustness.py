@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..document import Block, Bullets, Figure, Heading, Paragraph, Table
 from ..errors import ReslabError
 from ..evaluate.calibration import CALIBRATION_FILE, plot_reliability, temperature_problem
 from ..evaluate.robustness import RESULTS_FILE, plot_heatmap, summarise
 from ..runfs import read_json
-from .plots import FAMILY_COLOURS, plot_against_depth
-from .plots import slug as _slug
+from ..stats import Difference, binomial_standard_error, compare, percent, plus_minus
+from .plots import FAMILY_COLOURS, plot_against_depth, slug
 
 SUMMED = ("clean_error", "mean_corruption_error", "mce", "relative_mce", "ece", "ece_calibrated", "nll", "brier",
           "corruption_ece")
@@ -33,7 +34,7 @@ SUMMED = ("clean_error", "mean_corruption_error", "mce", "relative_mce", "ece", 
 
 @dataclass
 class RobustnessSection:
-    blocks: list[tuple] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
     figures: list[Path] = field(default_factory=list)
     data: dict | None = None  # for report.json
@@ -51,17 +52,17 @@ def robustness_section(runs: list, rows: list[dict], folder: Path, tolerance: fl
     findings = _findings(nets, tolerance)
     folder.mkdir(parents=True, exist_ok=True)
     figures = _figures(nets, folder)
-    headers, body = _table(nets, baseline)
     images = sorted({e["images"] for e in entries})
     severities = entries[0]["result"]["severities"]
-    blocks = [("h2", "Robustness and calibration"), ("table", headers, body),
-              ("p", _note(baseline, images, len(entries[0]["result"]["errors"]), severities)),
-              ("ul", findings),
-              ("p", "Computed from the table's numbers: a difference counts only beyond the noise, the largest of "
-                    f"{100 * tolerance:.1f} percentage points, the two nets' standard deviations over seeds added, "
-                    "and 1.96 standard errors of the difference (binomial for errors, on the images measured; for "
-                    "ECE from the spread of its bins' accuracies).")]
-    blocks += [("img", path, caption) for path, caption in figures]
+    blocks: list[Block] = [
+        Heading("Robustness and calibration", 2), _table(nets, baseline),
+        Paragraph(_note(baseline, images, len(entries[0]["result"]["errors"]), severities)),
+        Bullets(findings),
+        Paragraph("Computed from the table's numbers: a difference counts only beyond the noise, the largest of "
+                  f"{100 * tolerance:.1f} percentage points, the two nets' standard deviations over seeds added, "
+                  "and 1.96 standard errors of the difference (binomial for errors, on the images measured; for "
+                  "ECE from the spread of its bins' accuracies).")]
+    blocks += [Figure(path, caption) for path, caption in figures]
     data = {"baseline": baseline, "nets": [{k: v for k, v in net.items() if k not in ("members", "reliability",
                                                                                       "result")}
                                            for net in nets],
@@ -190,23 +191,16 @@ def _mean_result(results: list[dict]) -> dict:
 # ---------------------------------------------------------------- statements
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}%"
-
-
-def _difference(a: dict, b: dict, key: str, tolerance: float) -> int | None:
-    """+1 when ``a`` is higher than ``b`` in ``key`` beyond the noise, -1 when lower, 0 within it."""
-    x, y = a[f"{key}_mean"], b[f"{key}_mean"]
-    if x is None or y is None:
-        return None
-    noise = max(tolerance, (a[f"{key}_std"] or 0.0) + (b[f"{key}_std"] or 0.0))
+def _difference(a: dict, b: dict, key: str, tolerance: float) -> Difference | None:
+    """``a`` against ``b`` in ``key`` (``reslab.stats.compare``), the noise including 1.96
+    standard errors of the difference: binomial for error rates, from the bins for ECE."""
+    standard_error = None
     if key == "ece" and a["ece_se"] is not None and b["ece_se"] is not None:
-        noise = max(noise, 1.96 * math.hypot(a["ece_se"], b["ece_se"]))
+        standard_error = math.hypot(a["ece_se"], b["ece_se"])
     elif key in ("clean_error", "mean_corruption_error"):
         count = "test_samples" if key == "clean_error" else "images"
-        if a[count] and b[count]:
-            noise = max(noise, 1.96 * math.sqrt(x * (1 - x) / a[count] + y * (1 - y) / b[count]))
-    return 1 if x - y > noise else -1 if y - x > noise else 0
+        standard_error = binomial_standard_error(a[f"{key}_mean"], a[count], b[f"{key}_mean"], b[count])
+    return compare(a, b, key, tolerance, standard_error)
 
 
 WORDS = {1: "higher for the residual net", -1: "lower for the residual net", 0: "no difference beyond the noise",
@@ -228,20 +222,21 @@ def _findings(nets: list[dict], tolerance: float) -> list[str]:
             corruption = _difference(r, p, "mean_corruption_error", tolerance)
             clean = _difference(r, p, "clean_error", tolerance)
             ece = _difference(r, p, "ece", tolerance)
-            mce = (f"; mCE {_pct(r['mce_mean'])} vs {_pct(p['mce_mean'])}" if r["mce_mean"] is not None
+            mce = (f"; mCE {percent(r['mce_mean'])} vs {percent(p['mce_mean'])}" if r["mce_mean"] is not None
                    and p["mce_mean"] is not None else "")
             findings.append(
-                f"{prefix}depth {depth}, residual vs plain: corruption error {_pct(r['mean_corruption_error_mean'])} "
-                f"vs {_pct(p['mean_corruption_error_mean'])} ({WORDS[corruption]}){mce}; "
-                f"clean error {_pct(r['clean_error_mean'])} vs {_pct(p['clean_error_mean'])} ({WORDS[clean]}); "
-                f"ECE {_pct(r['ece_mean'])} vs {_pct(p['ece_mean'])} ({WORDS[ece]}).")
+                f"{prefix}depth {depth}, residual vs plain: corruption error "
+                f"{percent(r['mean_corruption_error_mean'])} vs {percent(p['mean_corruption_error_mean'])} "
+                f"({WORDS[corruption]}){mce}; "
+                f"clean error {percent(r['clean_error_mean'])} vs {percent(p['clean_error_mean'])} ({WORDS[clean]}); "
+                f"ECE {percent(r['ece_mean'])} vs {percent(p['ece_mean'])} ({WORDS[ece]}).")
         for family, by_depth in (("plain", plain), ("residual", residual)):
             if len(by_depth) < 2:
                 continue
             depths = sorted(by_depth)
             shallow, deep = by_depth[depths[0]], by_depth[depths[-1]]
             verdict = _difference(deep, shallow, "ece", tolerance)
-            listing = ", ".join(f"{by_depth[d]['label']} {_pct(by_depth[d]['ece_mean'])}" for d in depths)
+            listing = ", ".join(f"{by_depth[d]['label']} {percent(by_depth[d]['ece_mean'])}" for d in depths)
             guo = {1: "the deeper net is less calibrated, as Guo et al. (2017) found for ResNets",
                    -1: "the deeper net is better calibrated, unlike Guo et al.'s (2017) observation",
                    0: "no difference beyond the noise, so Guo et al.'s (2017) observation is not confirmed here",
@@ -255,14 +250,7 @@ def _findings(nets: list[dict], tolerance: float) -> list[str]:
 # ---------------------------------------------------------------- table and figures
 
 
-def _pm(mean, std, runs: int, scale: float = 100.0, digits: int = 2) -> str:
-    if mean is None:
-        return "–"
-    text = f"{mean * scale:.{digits}f}"
-    return f"{text} ± {(std or 0.0) * scale:.{digits}f}" if runs > 1 else text
-
-
-def _table(nets: list[dict], baseline: str | None) -> tuple[list[str], list[list[str]]]:
+def _table(nets: list[dict], baseline: str | None) -> Table:
     calibrated = any(n["ece_calibrated_mean"] is not None for n in nets)
     several = len({n["dataset"] for n in nets}) > 1
     headers = (["dataset"] if several else []) + ["model", "depth", "clean error (%)", "corruption error (%)"] + \
@@ -271,22 +259,22 @@ def _table(nets: list[dict], baseline: str | None) -> tuple[list[str], list[list
                                                                       "images", "seeds"]
     body = []
     for n in nets:
-        runs = n["runs"]
         line = ([n["dataset"]] if several else []) + [
-            n["label"], str(n["depth"] or "–"), _pm(n["clean_error_mean"], n["clean_error_std"], runs),
-            _pm(n["mean_corruption_error_mean"], n["mean_corruption_error_std"], runs)]
+            n["label"], str(n["depth"] or "–"), _cell(n, "clean_error"), _cell(n, "mean_corruption_error")]
         if baseline:
-            line += [_pm(n["mce_mean"], n["mce_std"], runs, digits=1),
-                     _pm(n["relative_mce_mean"], n["relative_mce_std"], runs, digits=1)]
-        line += [_pm(n["ece_mean"], n["ece_std"], runs)]
+            line += [_cell(n, "mce", ".1f"), _cell(n, "relative_mce", ".1f")]
+        line += [_cell(n, "ece")]
         if calibrated:
-            line += [_pm(n["ece_calibrated_mean"], n["ece_calibrated_std"], runs)]
-        line += [_pm(n["nll_mean"], n["nll_std"], runs, scale=1.0, digits=3),
-                 _pm(n["brier_mean"], n["brier_std"], runs, scale=1.0, digits=3),
-                 _pm(n["corruption_ece_mean"], n["corruption_ece_std"], runs),
+            line += [_cell(n, "ece_calibrated")]
+        line += [_cell(n, "nll", ".3f", 1.0), _cell(n, "brier", ".3f", 1.0), _cell(n, "corruption_ece"),
                  f"{n['members'][0]['images']:,}", ", ".join(str(s) for s in n["seeds"])]
         body.append(line)
-    return headers, body
+    return Table(headers, body)
+
+
+def _cell(net: dict, key: str, fmt: str = ".2f", scale: float = 100.0) -> str:
+    """A net's ``key`` as mean ± std over its seeds, in percent unless told otherwise."""
+    return plus_minus(net[f"{key}_mean"], net[f"{key}_std"], net["runs"], fmt, scale)
 
 
 def _note(baseline: str | None, images: list, types: int, severities: list[int]) -> str:
@@ -335,7 +323,7 @@ def _figures(nets: list[dict], folder: Path) -> list[tuple[Path, str]]:
                                     "style": "s--", "alpha": 0.7,
                                     "values": [100 * n["clean_error_mean"] for n in group],
                                     "stds": [100 * (n["clean_error_std"] or 0) for n in group]})
-        tag = _slug(dataset)
+        tag = slug(dataset)
         if ece_lines:
             path = folder / f"ece_vs_depth-{tag}.png"
             plot_against_depth(ece_lines, path, "ECE (%)", title=f"{dataset}: expected calibration error vs depth")
@@ -347,13 +335,13 @@ def _figures(nets: list[dict], folder: Path) -> list[tuple[Path, str]]:
             figures.append((path, "Mean error under corruption (solid) and clean error (dashed) against depth"))
         for net in members:
             seeds = f", mean of {net['runs']} seeds" if net["runs"] > 1 else ""
-            path = folder / f"corruption_heatmap-{tag}-{_slug(net['label'])}.png"
+            path = folder / f"corruption_heatmap-{tag}-{slug(net['label'])}.png"
             plot_heatmap(net["result"], path, title=f"{net['label']} on {dataset}: error (%) under corruption{seeds}")
             figures.append((path, f"{net['label']}: error per corruption and severity{seeds}"))
         for net in members:
             if net["reliability"] is None:
                 continue
-            path = folder / f"reliability-{tag}-{_slug(net['label'])}.png"
+            path = folder / f"reliability-{tag}-{slug(net['label'])}.png"
             seeds = f", {net['runs']} seeds pooled" if net["runs"] > 1 else ""
             plot_reliability(net["reliability"], path, title=f"{net['label']} on {dataset}: test ECE "
                                                              f"{100 * net['ece_mean']:.2f}%{seeds}")

@@ -1,6 +1,12 @@
-"""Plain-text tables for the terminal."""
+"""Plain-text tables for the terminal: a run's or an evaluation's figures, then its classes."""
 
 from __future__ import annotations
+
+from ..document import Table, terminal_table
+
+INDENT = "  "
+NAME_WIDTH = 18  # the headline figures' names
+CLASS_WIDTH = 16  # class names are cut to this
 
 WEIGHTS = {"live": "live (as trained)", "ema": "averaged (EMA), better on validation"}
 
@@ -22,41 +28,41 @@ def metrics_table(metrics: dict) -> str:
              ("F1 (macro)", result["macro_f1"]), ("F1 (weighted)", result["weighted_f1"])]
     rows += [(name, result[key]) for key, name in (("ece", "ECE (15 bins)"), ("mce", "MCE"), ("nll", "NLL"),
                                                     ("brier", "Brier score")) if result.get(key) is not None]
-    for name, value in rows:
-        lines.append(f"  {name:<18} {value:.4f}")
+    figures = [[name, f"{value:.4f}"] for name, value in rows]
     for key, name in (("parameters", "parameters"), ("train_seconds", "train time (s)"),
                       ("images_per_second", "images/s"), ("best_epoch", "best epoch")):
         if key in metrics:
             value = metrics[key]
-            lines.append(f"  {name:<18} {value:,.0f}" if isinstance(value, float) else f"  {name:<18} {value:,}")
+            figures.append([name, f"{value:,.0f}" if isinstance(value, float) else f"{value:,}"])
     if metrics.get("calibrated"):  # reslab calibrate's temperature, applied
         calibrated = metrics["calibrated"]
-        lines.append(f"  {'temperature':<18} {calibrated['temperature']:.4f}  (then ECE {calibrated['ece']:.4f}, "
-                     f"NLL {calibrated['nll']:.4f})")
+        figures.append(["temperature", f"{calibrated['temperature']:.4f}  (then ECE {calibrated['ece']:.4f}, "
+                                       f"NLL {calibrated['nll']:.4f})"])
     if "best_weights" in metrics:  # which weights the test figures are of
-        lines.append(f"  {'weights':<18} {WEIGHTS[metrics['best_weights']]}")
-    lines.append("")
-    lines.append(f"  {'class':<16} {'precision':>9} {'recall':>9} {'F1':>9} {'support':>8}")
-    for row in result["per_class"]:
-        lines.append(f"  {row['class'][:16]:<16} {row['precision']:>9.4f} {row['recall']:>9.4f} {row['f1']:>9.4f} "
-                     f"{row['support']:>8}")
+        figures.append(["weights", WEIGHTS[metrics["best_weights"]]])
+    lines += [_headline(figures), ""]
+    classes = [[row["class"][:CLASS_WIDTH], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
+                str(row["support"])] for row in result["per_class"]]
+    lines.append(terminal_table(Table(["class", "precision", "recall", "F1", "support"], classes), INDENT,
+                                widths=[CLASS_WIDTH, 9, 9, 9, 8]))
     return "\n".join(lines)
 
 
+def _headline(figures: list[list[str]]) -> str:
+    """Name and value, one a line."""
+    return terminal_table(Table([], figures, ["left", "left"]), INDENT, widths=[NAME_WIDTH])
+
+
 def _multilabel_lines(result: dict) -> list[str]:
-    lines = [f"  {'mAP':<18} {result['map']:.4f}  (over {result['map_classes']} classes with positives)"]
+    figures = [["mAP", f"{result['map']:.4f}  (over {result['map_classes']} classes with positives)"]]
     for suffix, title in (("", f"at threshold {result['threshold']}"), ("_top3", "top-3 labels")):
-        figures = "  ".join(f"{name} {result[key + suffix]:.4f}"
-                            for key, name in (("cp", "CP"), ("cr", "CR"), ("cf1", "CF1"), ("op", "OP"),
-                                              ("or", "OR"), ("of1", "OF1")))
-        lines.append(f"  {title:<18} {figures}")
-    lines.append(f"  {'subset accuracy':<18} {result['subset_accuracy']:.4f}")
-    lines.append(f"  {'Hamming loss':<18} {result['hamming_loss']:.4f}")
-    lines.append(f"  {'loss (BCE)':<18} {result['loss']:.4f}")
-    lines.append("")
-    lines.append(f"  {'class':<16} {'AP':>9} {'precision':>9} {'recall':>9} {'F1':>9} {'support':>8}")
-    for row in result["per_class"]:
-        ap = f"{row['ap']:.4f}" if row["ap"] is not None else "-"
-        lines.append(f"  {row['class'][:16]:<16} {ap:>9} {row['precision']:>9.4f} {row['recall']:>9.4f} "
-                     f"{row['f1']:>9.4f} {row['support']:>8}")
-    return lines
+        figures.append([title, "  ".join(f"{name} {result[key + suffix]:.4f}"
+                                         for key, name in (("cp", "CP"), ("cr", "CR"), ("cf1", "CF1"), ("op", "OP"),
+                                                           ("or", "OR"), ("of1", "OF1")))])
+    figures += [["subset accuracy", f"{result['subset_accuracy']:.4f}"],
+                ["Hamming loss", f"{result['hamming_loss']:.4f}"], ["loss (BCE)", f"{result['loss']:.4f}"]]
+    classes = [[row["class"][:CLASS_WIDTH], "-" if row["ap"] is None else f"{row['ap']:.4f}",
+                f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"])]
+               for row in result["per_class"]]
+    table = Table(["class", "AP", "precision", "recall", "F1", "support"], classes)
+    return [_headline(figures), "", terminal_table(table, INDENT, widths=[CLASS_WIDTH, 9, 9, 9, 9, 8])]

@@ -11,8 +11,6 @@ process's style are as they were.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import warnings
 from dataclasses import dataclass
@@ -22,6 +20,18 @@ from pathlib import Path
 import yaml
 
 from ..config import RunConfig
+from ..document import (
+    Block,
+    Bullets,
+    Figure,
+    Heading,
+    Paragraph,
+    Table,
+    csv_records,
+    html_page,
+    markdown,
+    markdown_table,
+)
 from ..errors import ReslabError
 from ..experiments.tune import (
     Ledger,
@@ -35,7 +45,6 @@ from ..experiments.tune import (
 )
 from ..figures import save_figure
 from ..runfs import atomic_write_json, atomic_write_text
-from .report import _html, _markdown
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +112,7 @@ def _trial_row(trial, settings: TuneSettings, retried_as: dict[int, int]) -> dic
             "worker": trial.user_attrs.get("worker")}
 
 
-def trials_table(summary: TuneSummary) -> tuple[list[str], list[list[str]]]:
+def trials_table(summary: TuneSummary) -> Table:
     keys = [p.key for p in summary.settings.space]
     headers = ["trial", "state", summary.settings.metric, "epochs", *keys, "note"]
     body = []
@@ -111,7 +120,8 @@ def trials_table(summary: TuneSummary) -> tuple[list[str], list[list[str]]]:
         body.append([str(row["trial"]), row["state"], "–" if row["value"] is None else f"{row['value']:.4f}",
                      "–" if row["epochs"] is None else str(row["epochs"]),
                      *[_cell(row["params"].get(k)) for k in keys], row["note"]])
-    return headers, body
+    return Table(headers, body, align=["left" if i in (1, len(headers) - 1) else "right"  # state and note
+                                       for i in range(len(headers))])
 
 
 def _cell(value) -> str:
@@ -121,11 +131,7 @@ def _cell(value) -> str:
 
 
 def trials_markdown(summary: TuneSummary) -> str:
-    headers, body = trials_table(summary)
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" if i in (1, len(headers) - 1) else "---:"
-                                                            for i in range(len(headers))) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines)
+    return markdown_table(trials_table(summary))
 
 
 # ---------------------------------------------------------------- the tune folder's files
@@ -162,14 +168,9 @@ def write_outputs(summary: TuneSummary) -> dict[str, Path]:
         written["best"] = out / "best.yaml"
     keys = [p.key for p in settings.space]
     fields = ["trial", "state", settings.metric, "epochs", *keys, "note", "seconds", "worker", "run_dir"]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    for row in summary.rows:
-        writer.writerow({"trial": row["trial"], "state": row["state"], settings.metric: row["value"],
-                         "epochs": row["epochs"], **{k: row["params"].get(k) for k in keys}, "note": row["note"],
-                         "seconds": row["seconds"], "worker": row["worker"], "run_dir": row["run_dir"]})
-    atomic_write_text(out / "trials.csv", buffer.getvalue())
+    records = [{**row, settings.metric: row["value"], **{k: row["params"].get(k) for k in keys}}
+               for row in summary.rows]
+    atomic_write_text(out / "trials.csv", csv_records(records, fields))
     atomic_write_text(out / "trials.md", trials_markdown(summary) + "\n")
     atomic_write_json(out / "tune.json", {
         "study": settings.name, "storage": redact(settings.storage), "metric": settings.metric,
@@ -196,32 +197,34 @@ def build_tune_report(summary: TuneSummary, out: Path, study=None) -> Path:
     figures, notes = tune_figures(study, out / "figures", settings.metric)
     title = f"Tuning study {settings.name}"
     counts = ", ".join(f"{n} {state}" for state, n in sorted(summary.counts.items()))
-    blocks: list[tuple] = [("h1", title), ("p", f"{summary.finished} of {settings.trials} trials finished ({counts}); "
-                                                 f"report written {datetime.now():%Y-%m-%d %H:%M}.")]
-    blocks += [("h2", "Best configuration"), ("ul", best_lines(summary))]
-    blocks += [("h2", "Trials"), ("table", *trials_table(summary)),
-               ("p", f"{settings.metric}: the trial's best epoch ({settings.direction}d); for val_* metrics each "
-                     "epoch counts the better of the live and averaged weights, the ones reslab keeps. Pruned "
-                     "trials show their last reported epoch. Every trial is a run folder under trials/.")]
-    blocks += [("h2", "Search")] + [("img", path, caption) for path, caption in figures]
+    blocks: list[Block] = [Heading(title), Paragraph(f"{summary.finished} of {settings.trials} trials finished "
+                                                     f"({counts}); report written {datetime.now():%Y-%m-%d %H:%M}.")]
+    blocks += [Heading("Best configuration", 2), Bullets(best_lines(summary))]
+    blocks += [Heading("Trials", 2), trials_table(summary),
+               Paragraph(f"{settings.metric}: the trial's best epoch ({settings.direction}d); for val_* metrics "
+                         "each epoch counts the better of the live and averaged weights, the ones reslab keeps. "
+                         "Pruned trials show their last reported epoch. Every trial is a run folder under trials/.")]
+    blocks += [Heading("Search", 2)] + [Figure(path, caption) for path, caption in figures]
     if notes:
-        blocks.append(("ul", notes))
-    blocks += [("h2", "Setup"), ("ul", setup_lines(summary))]
-    atomic_write_text(out / "report.md", _markdown(blocks, out))
-    atomic_write_text(out / "report.html", _html(blocks, title))
+        blocks.append(Bullets(notes))
+    blocks += [Heading("Setup", 2), Bullets(setup_lines(summary))]
+    atomic_write_text(out / "report.md", markdown(blocks, out))
+    atomic_write_text(out / "report.html", html_page(blocks, title))
     return out / "report.md"
 
 
 def tune_text(summary: TuneSummary, best_file: Path | None, report: Path | None, shown: int = 20) -> str:
     """What the command line shows: the trials (the best ``shown`` when there are more),
     the best against the base recipe, and where the files are."""
-    lines = [trials_markdown(summary if len(summary.rows) <= shown else _best_rows(summary, shown)), ""]
+    blocks: list[Block] = [trials_table(summary if len(summary.rows) <= shown else _best_rows(summary, shown))]
     if len(summary.rows) > shown:
-        lines += [f"(the best {shown} of {len(summary.rows)} trials; all in {summary.settings.out / 'trials.csv'})", ""]
-    lines += [f"- {line}" for line in best_lines(summary)]
-    lines += ["", f"files: {summary.settings.out / 'trials.csv'}, trials.md, tune.json"
-              + (", best.yaml" if best_file else "") + (f"; report: {report} and report.html" if report else "")]
-    return "\n".join(lines)
+        blocks.append(Paragraph(f"(the best {shown} of {len(summary.rows)} trials; all in "
+                                f"{summary.settings.out / 'trials.csv'})"))
+    blocks += [Bullets(best_lines(summary)),
+               Paragraph(f"files: {summary.settings.out / 'trials.csv'}, trials.md, tune.json"
+                         + (", best.yaml" if best_file else "") + (f"; report: {report} and report.html" if report
+                                                                   else ""))]
+    return markdown(blocks).removesuffix("\n")
 
 
 def _best_rows(summary: TuneSummary, count: int) -> TuneSummary:

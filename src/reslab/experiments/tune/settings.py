@@ -2,24 +2,57 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from ...config import RunConfig, load
+from ...config import RunConfig, config_field, load, parse_fields
 from ...errors import ReslabError
 from ...extras import missing_extra
 from ...train.run_folder import VAL_FIGURES
 from ..search_space import Parameter, parse_space, read_space_file, space_names
 
-SETTING_KEYS = ("name", "recipe", "overrides", "trials", "metric", "pruner", "seed", "out", "storage", "heartbeat",
-                "baseline", "launcher")
-PRUNERS = ("median", "hyperband", "none")
+Pruner = Literal["median", "hyperband", "none"]
+PRUNERS = typing.get_args(Pruner)
 METRICS = tuple([f"val_{k}" for k in VAL_FIGURES] + [f"ema_val_{k}" for k in VAL_FIGURES]
                 + ["train_loss", "train_accuracy"])
 MAX_SEED = 2**32 - 1  # NumPy's generators (Optuna's samplers) take seeds below 2**32
 # Optuna keeps a study's name in a column of 512 characters; a control character (NUL) in it
 # cannot be a folder name (the default --out is runs/tune-<name>).
 MAX_STUDY_NAME = 512
+
+
+def _metric(value) -> str:
+    if not isinstance(value, str) or value not in METRICS:
+        raise ValueError(f"must be a per-epoch figure, one of {', '.join(METRICS)}")
+    return value
+
+
+def _launcher(value) -> dict:
+    return {} if not value else value if isinstance(value, dict) else {"name": value}  # launcher: slurm
+
+
+@dataclass
+class SpaceSettings:
+    """What a space file holds beside its section.key entries; ``reslab tune``'s flags override it."""
+
+    name: str | None = None  # the study's; None: the file's name
+    recipe: str | None = None  # the base recipe, a name or a path
+    overrides: list[str] = config_field(default_factory=list, null_is_default=True)  # section.key=value, every trial
+    trials: int = config_field(20, least=1, most=10**9)  # the study's budget of finished trials
+    metric: str = config_field("val_accuracy", convert=_metric, null_is_default=True)  # the figure chosen on
+    pruner: Pruner = config_field("median", null_is_default=True)
+    seed: int | None = config_field(None, least=0, most=MAX_SEED)  # the sampler's; None: random
+    out: str | None = None  # None: runs/tune-<name>
+    storage: str | None = None  # None: sqlite:///<out>/study.db
+    heartbeat: int = config_field(30, least=1, most=10**9)  # seconds between a running trial's heartbeats
+    baseline: bool = True  # the first trial is the base recipe's values
+    launcher: dict = config_field(default_factory=dict, convert=_launcher)  # checked by experiments/launch.py
+
+
+SETTING_KEYS = tuple(f.name for f in dataclasses.fields(SpaceSettings))
 
 
 @dataclass
@@ -68,40 +101,24 @@ def tune_settings(items: list[str], recipe: str | None = None, trials: int | Non
         raise ReslabError("tune takes one search space file (reslab tune SPACE.yaml [section.key=value ...]); "
                           f"shipped spaces: {', '.join(space_names()) or 'none'}")
     data, default_name, path = read_space_file(sources[0])
+    flags = {"name": study_name, "recipe": recipe, "trials": trials, "out": out, "storage": storage, "metric": metric,
+             "pruner": pruner, "seed": seed, "heartbeat": heartbeat}
     settings = {key: value for key, value in data.items() if "." not in str(key)}
+    settings.update({key: value for key, value in flags.items() if value is not None})
+    chosen = parse_fields(SpaceSettings, settings, "")
     entries = {key: value for key, value in data.items() if "." in str(key)}
-    unknown = sorted(set(settings) - set(SETTING_KEYS))
-    if unknown:
-        raise ReslabError(f"unknown space file key {unknown[0]!r}: a space file has {', '.join(SETTING_KEYS)} and "
-                          "section.key entries to search")
-    name = _study_name(str(study_name or settings.get("name") or default_name))
-    file_overrides = settings.get("overrides") or []
-    if not isinstance(file_overrides, list):
-        raise ReslabError("space file key 'overrides' must be a list of section.key=value")
-    flags = [f"train.epochs={epochs}", "train.max_iters=null"] if epochs is not None else []
-    all_overrides = [str(o) for o in file_overrides] + flags + overrides
-    base = load(recipe or settings.get("recipe"), all_overrides)
-    metric = str(metric or settings.get("metric") or "val_accuracy")
-    if metric not in METRICS:
-        raise ReslabError(f"metric {metric!r} is not a per-epoch figure; use one of {', '.join(METRICS)}")
-    if "val" in metric and base.data.val_size == 0:
-        raise ReslabError(f"metric {metric} needs a validation split: data.val_size is 0 in the base recipe")
-    pruner = str(pruner or settings.get("pruner") or "median")
-    if pruner not in PRUNERS:
-        raise ReslabError(f"pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
-    trials = _positive(trials if trials is not None else settings.get("trials", 20), "trials")
-    heartbeat = _positive(heartbeat if heartbeat is not None else settings.get("heartbeat", 30), "heartbeat")
-    seed = seed if seed is not None else settings.get("seed")
-    if seed is not None:
-        seed = _positive(seed, "seed", least=0, most=MAX_SEED)
-    out = Path(out or settings.get("out") or Path("runs") / f"tune-{name}")
-    launcher = settings.get("launcher") or {}
+    name = _study_name(chosen.name or default_name)
+    epochs_flags = [f"train.epochs={epochs}", "train.max_iters=null"] if epochs is not None else []
+    all_overrides = chosen.overrides + epochs_flags + overrides
+    base = load(chosen.recipe, all_overrides)
+    if "val" in chosen.metric and base.data.val_size == 0:
+        raise ReslabError(f"metric {chosen.metric} needs a validation split: data.val_size is 0 in the base recipe")
+    out_folder = Path(chosen.out or Path("runs") / f"tune-{name}")
     return TuneSettings(
-        name=name, space=parse_space(entries, base), recipe=recipe or settings.get("recipe"),
-        overrides=all_overrides, trials=trials, metric=metric, pruner=pruner, out=out,
-        storage=str(storage or settings.get("storage") or f"sqlite:///{out.resolve() / 'study.db'}"),
-        seed=seed, heartbeat=heartbeat, baseline=bool(settings.get("baseline", True)),
-        launcher=launcher if isinstance(launcher, dict) else {"name": launcher}, source=path)
+        name=name, space=parse_space(entries, base), recipe=chosen.recipe, overrides=all_overrides,
+        trials=chosen.trials, metric=chosen.metric, pruner=chosen.pruner, out=out_folder,
+        storage=chosen.storage or f"sqlite:///{out_folder.resolve() / 'study.db'}", seed=chosen.seed,
+        heartbeat=chosen.heartbeat, baseline=chosen.baseline, launcher=chosen.launcher, source=path)
 
 
 def need_optuna():
@@ -111,14 +128,6 @@ def need_optuna():
     except ImportError:
         raise missing_extra("reslab tune", "tune") from None
     return optuna
-
-
-def _positive(value, key: str, least: int = 1, most: int = 10**9) -> int:
-    text = str(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
-    if not (text.isascii() and text.isdigit() and len(text) <= len(str(most))) or not least <= int(text) <= most:
-        shown = repr(value) if len(text) <= 20 else f"{text[:20]!r}... ({len(text)} characters)"
-        raise ReslabError(f"{key} must be a whole number of at least {least} and at most {most}, got {shown}")
-    return int(text)
 
 
 def _study_name(name: str) -> str:
