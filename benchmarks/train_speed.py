@@ -109,8 +109,9 @@ def reslab_epoch(model_name: str, root: Path, out: Path, batch_size: int, overri
     first epoch's seconds (which hold cuDNN's autotuning and any compilation)."""
     config = load("paper-cifar10-resnet20", [
         f"model.name={model_name}", f"data.root={root}", "data.download=false", "data.val_size=256",
-        f"train.batch_size={batch_size}", "train.epochs=2", "train.max_iters=null", f"output.dir={out}",
-        f"output.name={tag}-{time.time_ns()}", "output.plots=false", f"train.device={device}", *overrides,
+        f"train.batch_size={batch_size}", "train.epochs=2", "train.max_iters=null", "schedule.name=constant",
+        f"output.dir={out}", f"output.name={tag}-{time.time_ns()}", "output.plots=false", f"train.device={device}",
+        *overrides,
         *(data or [])])
     result = train(config, progress=False)
     return result.history[-1]["images_per_second"], result.history[0]["epoch_seconds"]
@@ -139,8 +140,10 @@ def matmul_peak(dtype: torch.dtype, device: torch.device = torch.device("cpu"), 
     return statistics.median(rates)
 
 
-def step_profile(model_name: str, batch_size: int, steps: int = 10) -> dict[str, float]:
-    """Milliseconds per step in data preparation, forward, backward and optimizer (reslab defaults)."""
+def step_profile(model_name: str, batch_size: int, steps: int = 10, precision: str = "fp32",
+                 channels_last: bool = False, fused: bool = False) -> dict[str, float]:
+    """Milliseconds per step in data preparation, forward, backward and optimizer, in the
+    given precision and memory format (reslab's batch loader and augmentation)."""
     from reslab.data import DeviceLoader
     from reslab.data.arrays import ArrayDataset
     from reslab.data.loader import BatchAugment
@@ -148,17 +151,20 @@ def step_profile(model_name: str, batch_size: int, steps: int = 10) -> dict[str,
     data = ArrayDataset(torch.randint(0, 256, (batch_size * (steps + 2), 3, 32, 32), dtype=torch.uint8),
                         torch.randint(0, 10, (batch_size * (steps + 2),)))
     loader = DeviceLoader(data, batch_size, "cpu", list(MEAN), list(STD), train=True,
-                          augment=BatchAugment(crop_padding=4, hflip=True))
+                          augment=BatchAugment(crop_padding=4, hflip=True), channels_last=channels_last)
     model = create_model(model_name)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=fused or None)
     criterion = nn.CrossEntropyLoss()
-    phases = {"data": [], "forward": [], "backward": [], "optimizer": []}
+    phases: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
     batches = iter(loader)
     for i in range(steps + 2):
         t0 = time.perf_counter()
         x, y = next(batches)
         t1 = time.perf_counter()
-        loss = criterion(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = criterion(model(x), y)
         t2 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -167,7 +173,7 @@ def step_profile(model_name: str, batch_size: int, steps: int = 10) -> dict[str,
         t4 = time.perf_counter()
         if i >= 2:
             for name, value in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                value and phases[name].append(value * 1000)
+                phases[name].append(value * 1000)
     return {name: statistics.median(values) for name, values in phases.items()}
 
 
@@ -328,16 +334,19 @@ def main() -> None:
             base = medians["reference fp32"]
             print(f"\ntraining {model_name} on {'x'.join(map(str, shape[::-1]))}, batch {args.batch_size}, "
                   f"{args.images} images/epoch, "
-                  f"median of {repeats} (images/s; x reference; share of the matmul peak)")
+                  f"median of {repeats}: images/s, x reference, achieved GFLOP/s, share of the matmul "
+                  "ceiling of the variant's precision")
             rows = {}
             for name, rate in medians.items():
-                peak = peaks["bf16" if "bf16" in name else "fp32"]
-                utilisation = 6 * macs * rate / peak  # forward 2 FLOPs/MAC, backward twice that
-                rows[name] = {"images_per_second": rate, "ratio": rate / base, "peak_share": utilisation,
+                precision = "bf16" if "bf16" in name else "fp32"
+                achieved = 6 * macs * rate  # forward 2 FLOPs/MAC, backward twice that
+                rows[name] = {"images_per_second": rate, "ratio": rate / base, "gflops": achieved / 1e9,
+                              "ceiling": precision, "peak_share": achieved / peaks[precision],
                               "repeats": rates[name]}
                 if name in first_epochs:
                     rows[name]["first_epoch_seconds"] = first_epochs[name]
-                print(f"  {name:<44} {rate:8.0f}  {rate / base:5.2f}x  {100 * utilisation:5.1f}%")
+                print(f"  {name:<44} {rate:8.0f}  {rate / base:5.2f}x  {achieved / 1e9:7.1f} GFLOP/s  "
+                      f"{100 * achieved / peaks[precision]:5.1f}% of {precision}")
             results["training"][model_name] = rows
             if any("reduce-overhead" in name for name in variants):  # 0: the CUDA graphs were replayed
                 results.setdefault("cudagraph_skips", {})[model_name] = cudagraph_skips() - skips_before
@@ -346,12 +355,18 @@ def main() -> None:
     if not args.no_inference and device.type != "cpu":
         print("\ninference and the step profile are measured on the CPU only: skipped")
     elif not args.no_inference:
-        print("\nwhere a reslab training step's time goes (ResNet-20, fp32, ms per step, median):")
-        profile = step_profile("resnet20", args.batch_size)
-        results["step_profile_ms"] = profile
-        total = sum(profile.values())
-        for name, value in profile.items():
-            print(f"  {name:<10} {value:7.1f} ms  {100 * value / total:5.1f}%")
+        print("\nwhere a training step's time goes (ResNet-20, ms per step, median):")
+        settings = {"fp32": ("fp32", False, False), "fp32 fused SGD": ("fp32", False, True)}
+        if native_bf16:
+            settings["bf16 channels_last"] = ("bf16", True, False)
+        results["step_profile_ms"] = {}
+        for label, (precision, channels_last, fused) in settings.items():
+            profile = step_profile("resnet20", args.batch_size, precision=precision, channels_last=channels_last,
+                                   fused=fused)
+            results["step_profile_ms"][label] = profile
+            total = sum(profile.values())
+            print(f"  {label:<20} " + "  ".join(f"{name} {value:6.1f} ({100 * value / total:4.1f}%)"
+                                                for name, value in profile.items()))
 
         results["inference"] = {}
         cases = [("resnet20", (3, 32, 32), 1), ("resnet20", (3, 32, 32), 256), ("resnet50", (3, 224, 224), 1)]
