@@ -230,11 +230,10 @@ def from_dict(data: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
     if not isinstance(data, dict):
         raise ReslabError("a config must be a mapping of sections (model:, data:, train:, ...)")
     for section_name, values in data.items():
-        section = _section(config, section_name)
+        _section(config, section_name)
         if not isinstance(values, dict):
             raise ReslabError(f"config section {section_name!r} must be a mapping of keys to values")
-        for key, value in values.items():
-            _set(section, section_name, key, value)
+        _set(config, section_name, values)
     return config
 
 
@@ -252,7 +251,7 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             value = text
         if isinstance(value, (bool, int, float)) and _is_text_field(section, key):
             value = text.strip()  # output.name=no is the name "no", not YAML's false
-        _set(section, section_name, key, value)
+        _set(config, section_name, {key: value})
     return config
 
 
@@ -397,14 +396,11 @@ def _section(config: RunConfig, name: str):
     return getattr(config, name)
 
 
-def _set(section, section_name: str, key: str, value: Any) -> None:
-    fields = {f.name: f for f in dataclasses.fields(section)}
-    if key not in fields:
-        close = difflib.get_close_matches(key, list(fields), n=1)
-        hint = f" (did you mean '{section_name}.{close[0]}'?)" if close else ""
-        raise ReslabError(f"unknown config key '{section_name}.{key}'{hint}")
-    hint = typing.get_type_hints(type(section))[key]
-    setattr(section, key, _coerce(value, hint, f"{section_name}.{key}"))
+def _set(config: RunConfig, section_name: str, values: dict[str, Any]) -> None:
+    """Set keys of one section, each checked by ``parse_fields`` (the one parser of every
+    document's fields: the same types, bounds and wording as studies, spaces and launchers)."""
+    section = getattr(config, section_name)
+    setattr(config, section_name, parse_fields(type(section), values, section_name, base=section))
 
 
 def _coerce(value: Any, hint, name: str) -> Any:
