@@ -215,7 +215,7 @@ def train_one_epoch(state: TrainState, forward, criterion, task: Task, loader, c
             now = time.perf_counter()
             last_step, step_began = (now - step_began if step_began is not None else last_step), now
             spent = before + now - started
-            if spent + last_step > limit:  # the next step would end past the limit
+            if spent + STEP_MARGIN * last_step > limit:  # the next step could end past the limit
                 break
             _follow_clock(state.scheduler, total_steps, spent / limit)
         loss, logits = train_step(forward, images, targets, criterion, state.optimizer, state.scaler, device,
@@ -284,6 +284,13 @@ def _out_of_patience(state: TrainState, config: RunConfig) -> bool:
     return patience is not None and state.best is not None and state.epoch - state.best["epoch"] >= patience
 
 
+# Under train.time_limit a run stops while the time left is under this many of its last
+# step's: step times vary by some percent (the scheduler, a busy machine), and a budget is
+# a bound, so a step that could end past it is not begun. At most two steps of the budget
+# go unused.
+STEP_MARGIN = 2.0
+
+
 def _seconds_of_epochs(state: TrainState) -> float:
     """Training seconds of the finished epochs (evaluation excluded)."""
     return sum(row["epoch_seconds"] for row in state.history)
@@ -298,9 +305,9 @@ def _mean_step_seconds(history: list[dict]) -> float:
 
 
 def _time_spent(state: TrainState, config: RunConfig) -> bool:
-    """``train.time_limit`` reached by the finished epochs: a step more would end past it."""
+    """``train.time_limit`` reached by the finished epochs: a step more could end past it."""
     limit = config.train.time_limit
-    return limit is not None and _seconds_of_epochs(state) + _mean_step_seconds(state.history) > limit
+    return limit is not None and _seconds_of_epochs(state) + STEP_MARGIN * _mean_step_seconds(state.history) > limit
 
 
 def _follow_clock(scheduler, total_steps: int, fraction: float) -> None:
