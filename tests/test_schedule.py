@@ -111,6 +111,20 @@ def test_a_time_limited_run_ends_when_its_time_is_spent_with_the_schedule_anneal
     assert history[-1]["lr"] < 0.05 * 0.1  # the cosine ran to its end on the clock, not on 1000 epochs
 
 
+def test_a_time_limited_run_begins_no_step_with_less_than_two_steps_of_time_left():
+    """A step takes some percent more or less than the one before it: one that began with
+    just its predecessor's time left ended a benchmark 2 ms past its budget."""
+    from types import SimpleNamespace
+
+    from reslab.train.loop import _time_spent
+
+    config = load("demo-digits", ["train.time_limit=100"])
+    history = [{"epoch": 1, "step": 10, "epoch_seconds": 90.0}]  # 9 s a step
+    assert _time_spent(SimpleNamespace(history=history), config)  # 10 s left: more than one step, under two
+    history = [{"epoch": 1, "step": 10, "epoch_seconds": 80.0}]  # 8 s a step, 20 s left: two steps
+    assert not _time_spent(SimpleNamespace(history=history), config)
+
+
 def test_a_time_limit_is_validated():
     from reslab import ReslabError
     from reslab.config import load

@@ -578,13 +578,14 @@ def study_slots(study, runs, folder: Path, gpus: int) -> list[Slot]:
 
 
 def _epochs_done(run_dir: Path, config) -> str:
-    history = run_dir / "history.csv"
-    if not history.is_file():
-        return "starting"
+    from ..train.run_folder import read_history  # here: watching jobs does not load torch
+
     try:
-        rows = max(0, len(history.read_text().strip().splitlines()) - 1)
-    except OSError:
+        rows = len(read_history(run_dir))
+    except ReslabError:  # a damaged history: the run's own report says so
         return ""
+    if not rows:
+        return "starting"
     return f"epoch {rows}/{config.train.epochs}" if config.train.epochs else f"{rows} epochs"
 
 

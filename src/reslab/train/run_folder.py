@@ -278,23 +278,30 @@ def load_result(run_dir: Path) -> RunResult:
                           "checkpoints can be evaluated again with reslab evaluate") from None
     if not isinstance(metrics, dict) or not isinstance(metrics.get("test"), dict):
         raise ReslabError(f"{path} is not a reslab metrics file (no test figures)")
-    history = []
+    return RunResult(Path(run_dir), metrics, read_history(run_dir))
+
+
+def read_history(run_dir: Path | str) -> list[dict]:
+    """A run's history.csv, a dict of numbers per epoch (None for an empty cell); [] where
+    the run has not finished an epoch. The one reader of it (reports, tune, job progress);
+    a damaged or oversized file is one ReslabError."""
     history_path = Path(run_dir) / "history.csv"
-    if history_path.is_file():
-        try:
-            if history_path.stat().st_size > MAX_HISTORY_BYTES:
-                raise ValueError(f"{history_path.stat().st_size:,} bytes, more than any run's history")
-            with history_path.open() as handle:
-                rows = list(csv.DictReader(handle))
-            if any(None in row for row in rows):  # csv keeps the cells past the header's under None
-                raise ValueError("a row has more cells than the header")
-            history = [{k: _number(v) for k, v in row.items()} for row in rows]
-        except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
-            raise ReslabError(f"{history_path} is not a reslab history file ({str(exc)[:120]})") from None
-        problem = _history_problem(history)
-        if problem:
-            raise ReslabError(f"{history_path} is not a reslab history file ({problem})")
-    return RunResult(Path(run_dir), metrics, history)
+    if not history_path.is_file():
+        return []
+    try:
+        if history_path.stat().st_size > MAX_HISTORY_BYTES:
+            raise ValueError(f"{history_path.stat().st_size:,} bytes, more than any run's history")
+        with history_path.open() as handle:
+            rows = list(csv.DictReader(handle))
+        if any(None in row for row in rows):  # csv keeps the cells past the header's under None
+            raise ValueError("a row has more cells than the header")
+        history = [{k: _number(v) for k, v in row.items()} for row in rows]
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
+        raise ReslabError(f"{history_path} is not a reslab history file ({str(exc)[:120]})") from None
+    problem = _history_problem(history)
+    if problem:
+        raise ReslabError(f"{history_path} is not a reslab history file ({problem})")
+    return history
 
 
 MAX_HISTORY_BYTES = MAX_JSON_BYTES  # a row per epoch: a few hundred KB for the longest runs

@@ -14,7 +14,6 @@ What Optuna does not do, done here (tests/test_tune_optuna.py shows each):
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import math
 import os
@@ -30,6 +29,7 @@ from ...config import RunConfig, from_dict, validate
 from ...errors import Interrupted, ReslabError
 from ...train.loop import train
 from ...train.observers import Observer
+from ...train.run_folder import read_history
 from .settings import TuneSettings
 from .storage import first_attempt, redact, retry_callback, storage_errors
 from .study import Ledger, open_study
@@ -290,12 +290,3 @@ def trial_value(history: list[dict], metric: str, direction: str) -> float:
     if not values:
         raise ReslabError(f"the run's history has no {metric} (is there a validation split?)")
     return min(values) if direction == "minimize" else max(values)
-
-
-def read_history(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "history.csv"
-    if not path.is_file():
-        return []
-    with path.open() as handle:
-        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
-                for row in csv.DictReader(handle)]
